@@ -1,0 +1,3 @@
+from penn.run import main
+
+main()

@@ -1,0 +1,263 @@
+"""The LightningDataModule: reads a raw dataset, splits it by volume, streams balanced patches.
+
+Patches are never stored: the datasets hold the preprocessed slices of their volumes and a small
+integer index (volume, slice, y, x) per patch, and cut each batch out of the slices on the fly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from penn.balance import class_counts, undersample
+from penn.io import DataError, Volume, list_cases, read_case, read_dataset_json
+from penn.patches import gather_patches, label_patches
+from penn.phantom import PhantomSpec, write_phantom_dataset
+from penn.preprocess import preprocess_volume, to_slices
+
+__all__ = ["SplitVolumes", "PatchDataset", "PatchDataModule", "split_cases"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitVolumes:
+    """The volumes of one split, preprocessed and sliced along the configured plane.
+
+    Attributes:
+        volumes: the volumes as read (image, labels, affine) for writing results.
+        slices: per volume, (S, H, W) float32 preprocessed intensities.
+        labels: per volume, (S, H, W) uint8 raw label values.
+    """
+
+    volumes: list[Volume]
+    slices: list[np.ndarray]
+    labels: list[np.ndarray]
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.volumes]
+
+
+def split_cases(names: list[str], val_fraction: float, test_fraction: float, seed: int):
+    """Splits case names into (train, val, test) by volume with a seeded permutation.
+
+    Val and test each get at least one volume (when there are three or more cases).
+    """
+    if len(names) < 3:
+        raise DataError(f"need at least 3 volumes for train/val/test splits, found {len(names)}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_test = max(1, int(round(test_fraction * len(names))))
+    n_val = max(1, int(round(val_fraction * len(names))))
+    if n_test + n_val >= len(names):
+        raise DataError(f"{len(names)} volumes are too few for val={n_val} and test={n_test}")
+    picked = [names[i] for i in order]
+    test, val, train = picked[:n_test], picked[n_test : n_test + n_val], picked[n_test + n_val :]
+    return sorted(train), sorted(val), sorted(test)
+
+
+def _identity(batch):
+    return batch
+
+
+class PatchDataset(Dataset):
+    """Patches cut on demand from preprocessed slices; batches are gathered in one call.
+
+    Args:
+        slices: per volume, (S, H, W) float32.
+        index: (N, 4) int32 rows of (volume, slice, y, x), the top-left corner of each patch.
+        targets: (N,) uint8 patch classes.
+        patch_size: patch side n.
+        augment: intensity augmentation ranges (``gamma``, ``scale``, ``noise_std``) or None.
+    """
+
+    def __init__(self, slices, index, targets, patch_size: int, augment: dict | None):
+        self.slices, self.index, self.targets = slices, index, targets
+        self.patch_size, self.augment = patch_size, augment
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.index[np.asarray(indices)]
+        patches = np.empty((len(rows), self.patch_size, self.patch_size), dtype=np.float32)
+        for vol in np.unique(rows[:, 0]):
+            sel = rows[:, 0] == vol
+            patches[sel] = gather_patches(
+                self.slices[vol], rows[sel, 1], rows[sel, 2], rows[sel, 3], self.patch_size
+            )
+        x = torch.from_numpy(patches).unsqueeze(1)  # (B, 1, n, n)
+        if self.augment:
+            x = self._augment(x)
+        y = torch.from_numpy(self.targets[np.asarray(indices)].astype(np.int64))
+        return x, y
+
+    def __getitem__(self, i: int):
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-patch gamma, contrast scale and noise, for robustness to other scanners/sequences."""
+        n = x.shape[0]
+        g0, g1 = self.augment["gamma"]
+        s0, s1 = self.augment["scale"]
+        gamma = torch.empty(n, 1, 1, 1).uniform_(np.log(g0), np.log(g1)).exp()
+        scale = torch.empty(n, 1, 1, 1).uniform_(s0, s1)
+        x = x.clamp_min(0).pow(gamma) * scale
+        x = x + self.augment["noise_std"] * torch.randn_like(x)
+        return x.clamp(0.0, 1.0)
+
+
+class PatchDataModule(L.LightningDataModule):
+    """Reads a dataset in the nnU-Net raw layout and serves 2D patches for PENN.
+
+    Args:
+        name: dataset name (for logs and tags).
+        root: dataset folder (read only; the phantom is generated there when ``phantom`` is set).
+        phantom: the synthetic phantom's spec and size (``n_volumes`` + :class:`PhantomSpec`
+            fields), or None for real data.
+        plane: anatomical plane of the 2D slices (``sagittal``, ``coronal``, ``axial``).
+        target: ``all`` (every labelled class, softmax head) or a key of ``targets``.
+        targets: binary targets, each the label values that make up the positive class.
+        patches: ``size``, ``stride``, ``rule`` and ``threshold`` of the PE module.
+        balance_ratio: share of the majority class after undersampling the training split.
+        split: ``val`` and ``test`` fractions and the ``seed`` of the split by volume.
+        preprocess: keyword arguments of :func:`penn.preprocess.preprocess_volume` but ``plane``.
+        augment: intensity augmentation ranges for training, or None.
+        loader: ``batch_size``, ``num_workers``, ``pin_memory``, ``max_eval_patches``.
+    """
+
+    def __init__(self, name, root, phantom, plane, target, targets, patches, balance_ratio, split,
+                 preprocess, augment, loader):  # fmt: skip
+        super().__init__()
+        self.name, self.root = name, Path(root)
+        self.phantom, self.plane, self.target, self.targets = phantom, plane, target, targets
+        self.patch_cfg, self.balance_ratio, self.split_cfg = patches, balance_ratio, split
+        self.preprocess_cfg, self.augment, self.loader_cfg = preprocess, augment, loader
+        self.splits: dict[str, SplitVolumes] = {}
+        self.class_names: list[str] = []
+        self.classes: list[list[int]] = []
+        self.balance_log: dict[str, list[int]] = {}
+
+    @property
+    def n_classes(self) -> int:
+        """Number of patch classes including background."""
+        return len(self.classes) + 1
+
+    @property
+    def n_outputs(self) -> int:
+        """Network outputs: 1 (sigmoid) for a binary target, else one per class (softmax)."""
+        return 1 if self.n_classes == 2 else self.n_classes
+
+    def prepare_data(self) -> None:
+        if self.phantom is not None:
+            spec = {k: tuple(v) if isinstance(v, list) else v
+                    for k, v in self.phantom.items() if k not in ("n_volumes", "seed")}
+            write_phantom_dataset(
+                self.root, self.phantom["n_volumes"], PhantomSpec(**spec), self.phantom["seed"]
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        meta = read_dataset_json(self.root)
+        labels_map = {name: int(v) for name, v in meta["labels"].items()}
+        self._resolve_classes(labels_map)
+        cases = {c.name: c for c in list_cases(self.root)}
+        train, val, test = split_cases(
+            sorted(cases), self.split_cfg["val"], self.split_cfg["test"], self.split_cfg["seed"]
+        )
+        log.info("split by volume: %d train, %d val, %d test", len(train), len(val), len(test))
+        allowed = sorted(labels_map.values())
+        for name, members in (("train", train), ("val", val), ("test", test)):
+            self.splits[name] = self._load([cases[m] for m in members], allowed)
+
+    def _resolve_classes(self, labels_map: dict[str, int]) -> None:
+        if self.target == "all":
+            named = sorted((v, k) for k, v in labels_map.items() if v != 0)
+            self.classes = [[v] for v, _ in named]
+            self.class_names = [k for _, k in named]
+        elif self.target in self.targets:
+            values = list(self.targets[self.target])
+            unknown = set(values) - set(labels_map.values())
+            if unknown:
+                raise DataError(f"{self.root / 'dataset.json'}: target {self.target!r} uses "
+                                f"label values {sorted(unknown)} not in its labels {labels_map}")
+            self.classes, self.class_names = [values], [self.target]
+        else:
+            raise ValueError(f"data.target={self.target!r}: use 'all' or one of {list(self.targets)}")
+
+    def _load(self, cases, allowed: list[int]) -> SplitVolumes:
+        split = SplitVolumes([], [], [])
+        for case in cases:
+            volume = read_case(case, allowed)
+            split.volumes.append(volume)
+            split.slices.append(preprocess_volume(volume.image, self.plane, **self.preprocess_cfg))
+            split.labels.append(to_slices(volume.labels, self.plane))
+            volume.image = None  # the preprocessed slices are all that is used from here on
+        return split
+
+    def patch_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Patch classes of one volume's (S, H, W) labels on the training grid."""
+        p = self.patch_cfg
+        return label_patches(labels, self.classes, p["size"], p["stride"], p["rule"],
+                             p["threshold"])
+
+    def _index(self, split: SplitVolumes) -> tuple[np.ndarray, np.ndarray]:
+        """All patch positions of a split as (N, 4) rows (volume, slice, y, x) and their classes."""
+        stride, rows, targets = self.patch_cfg["stride"], [], []
+        for vol, labels in enumerate(split.labels):
+            classes = self.patch_labels(labels)
+            s, iy, ix = np.indices(classes.shape).reshape(3, -1)
+            rows.append(np.stack([np.full_like(s, vol), s, iy * stride, ix * stride], axis=1))
+            targets.append(classes.ravel())
+        if not rows:
+            return np.zeros((0, 4), np.int32), np.zeros(0, np.uint8)
+        return np.concatenate(rows).astype(np.int32), np.concatenate(targets)
+
+    def _dataset(self, name: str) -> PatchDataset:
+        split = self.splits[name]
+        index, targets = self._index(split)
+        rng = np.random.default_rng(self.split_cfg["seed"])
+        if name == "train":
+            before = class_counts(targets, self.n_classes)
+            keep = undersample(targets, self.balance_ratio, rng)
+            index, targets = index[keep], targets[keep]
+            after = class_counts(targets, self.n_classes)
+            self.balance_log = {"before": before.tolist(), "after": after.tolist()}
+            log.info("training patches per class before balancing %s (%s), after %s (%s)",
+                     before.tolist(), np.round(before / before.sum(), 3).tolist(),
+                     after.tolist(), np.round(after / after.sum(), 3).tolist())
+        elif len(index) > self.loader_cfg["max_eval_patches"]:
+            keep = np.sort(rng.choice(len(index), self.loader_cfg["max_eval_patches"], False))
+            index, targets = index[keep], targets[keep]
+        if len(index) == 0:
+            raise DataError(f"{self.root}: the {name} split yields no {self.patch_cfg['size']}px "
+                            "patches (slices smaller than a patch?)")
+        augment = self.augment if name == "train" else None
+        return PatchDataset(split.slices, index, targets, self.patch_cfg["size"], augment)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        cfg = self.loader_cfg
+        workers = cfg["num_workers"]
+        generator = torch.Generator().manual_seed(int(self.split_cfg["seed"]))
+        return DataLoader(self._dataset(name), batch_size=cfg["batch_size"], shuffle=shuffle,
+                          num_workers=workers, collate_fn=_identity,
+                          pin_memory=cfg["pin_memory"] and torch.cuda.is_available(),
+                          persistent_workers=workers > 0, generator=generator,
+                          drop_last=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

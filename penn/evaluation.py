@@ -1,0 +1,104 @@
+"""Segments the volumes of a split, calibrates the decision threshold, and scores the result."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from penn.inference import calibrate_threshold, decide, postprocess, segment_slices
+from penn.metrics import confusion_counts, summarize
+from penn.patches import label_patches
+
+__all__ = ["Prediction", "class_map", "predict_volumes", "calibrate", "score"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    """Dense output for one volume, in slice order (S, ...).
+
+    Attributes:
+        probs: (S, K, H, W) pixel class probabilities (K = 1 for a binary network).
+        patch_probs: (S, K, ny, nx) probabilities of the patches of the inference grid.
+        labels: (S, H, W) uint8 predicted classes after thresholding and post-processing.
+    """
+
+    probs: np.ndarray
+    patch_probs: np.ndarray
+    labels: np.ndarray | None = None
+
+
+def class_map(labels: np.ndarray, classes: list[list[int]]) -> np.ndarray:
+    """Maps raw label values to class indices: class k for ``classes[k-1]``'s values, else 0."""
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    for k, values in enumerate(classes, start=1):
+        out[np.isin(labels, values)] = k
+    return out
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def predict_volumes(net, slices: list[np.ndarray], inference: dict) -> list[Prediction]:
+    """Dense probabilities for each volume's (S, H, W) slices at ``inference['stride']``."""
+    net = net.eval().to(default_device())
+    return [
+        Prediction(*segment_slices(net, s, inference["stride"], inference["batch_slices"],
+                                   default_device(), progress=True))
+        for s in slices
+    ]
+
+
+def calibrate(predictions: list[Prediction], truths: list[np.ndarray], inference: dict):
+    """Decision threshold from validation volumes (binary networks only).
+
+    Args:
+        predictions: validation predictions.
+        truths: matching class maps (0/1).
+        inference: the inference config (``calibration`` and ``threshold``).
+
+    Returns:
+        (threshold or None for multi-class argmax, a dict that records the choice).
+    """
+    method = inference["calibration"]["method"]
+    if predictions[0].probs.shape[1] != 1:
+        return None, {"method": "argmax"}
+    if method == "fixed":
+        return float(inference["threshold"]), {"method": "fixed"}
+    if method != "grid":
+        raise ValueError(f"inference.calibration.method={method!r}: use 'grid' or 'fixed'")
+    c = inference["calibration"]
+    grid = np.round(np.arange(c["low"], c["high"] + 1e-9, c["step"]), 6)
+    threshold, dice = calibrate_threshold(
+        [p.probs[:, 0] for p in predictions], [t.astype(bool) for t in truths], grid
+    )
+    log.info("calibrated threshold %.3f on validation (pooled pixel Dice %.4f)", threshold, dice)
+    return threshold, {"method": "grid", "val_pooled_dice": dice}
+
+
+def score(predictions: list[Prediction], labels: list[np.ndarray], classes: list[list[int]],
+          class_names: list[str], patches: dict, inference: dict, threshold: float | None,
+          stage: str) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+    """Thresholds, post-processes and scores predictions against raw label maps.
+
+    Fills ``Prediction.labels`` and returns (flat metrics, per-volume pixel counts).
+    """
+    n_classes = len(classes) + 1
+    stride, size = inference["stride"], patches["size"]
+    per_volume, patch_total, rows = [], np.zeros((n_classes, 4), np.int64), []
+    for pred, raw in zip(predictions, labels, strict=True):
+        truth = class_map(raw, classes)
+        pred.labels = postprocess(decide(pred.probs, threshold), **inference["postprocess"])
+        counts = confusion_counts(pred.labels, truth, n_classes)
+        per_volume.append(counts)
+        rows.append(counts.tolist())
+        patch_truth = label_patches(raw, classes, size, stride, patches["rule"], patches["threshold"])
+        ny, nx = patch_truth.shape[1:]
+        patch_pred = decide(pred.patch_probs[:, :, :ny, :nx], threshold)
+        patch_total += confusion_counts(patch_pred, patch_truth, n_classes)
+    return summarize(per_volume, patch_total, class_names, stage), rows

@@ -1,0 +1,1 @@
+"""LightningModules: greedy pretraining stages and fine-tuning."""

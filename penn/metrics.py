@@ -1,0 +1,143 @@
+"""The six metrics of the paper (Eqs. 4-9) at pixel level (per volume and pooled) and patch level.
+
+Counting is done by torchmetrics' stat-score metrics; :func:`metrics_from_counts` is the pure
+arithmetic on TP/FP/TN/FN. F1 and Dice are the same formula 2TP / (2TP + FP + FN) at one level;
+both are reported so tables line up with the paper's. A metric whose denominator is zero (for
+example Dice of a volume without tumor where none was predicted) is NaN and left out of means,
+as in nnU-Net's evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryF1Score,
+    BinaryJaccardIndex,
+    BinaryPrecision,
+    BinaryRecall,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+    MulticlassPrecision,
+    MulticlassRecall,
+    MulticlassStatScores,
+)
+
+__all__ = [
+    "METRICS",
+    "metrics_from_counts",
+    "confusion_counts",
+    "patch_metric_collection",
+    "summarize",
+]
+
+METRICS = ("precision", "recall", "accuracy", "f1", "iou", "dice")
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den > 0 else math.nan
+
+
+def metrics_from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str, float]:
+    """Precision, recall, accuracy, F1, IoU and Dice from pixel (or patch) counts.
+
+    Returns:
+        The six metrics in [0, 1], NaN where the denominator is zero.
+    """
+    return {
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": _ratio(tp, tp + fp + fn),
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def confusion_counts(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor,
+                     n_classes: int) -> np.ndarray:
+    """Per-class one-vs-rest counts of a class map against the truth.
+
+    Args:
+        pred, truth: integer class maps of the same shape, values in [0, n_classes).
+        n_classes: number of classes including background.
+
+    Returns:
+        (n_classes, 4) int64 array of TP, FP, TN, FN per class.
+
+    Raises:
+        ValueError: when the shapes differ.
+    """
+    if tuple(pred.shape) != tuple(truth.shape):
+        raise ValueError(f"prediction shape {tuple(pred.shape)} != truth {tuple(truth.shape)}")
+    stat = MulticlassStatScores(num_classes=n_classes, average=None, validate_args=False)
+    counts = stat(torch.as_tensor(pred).reshape(-1).long(), torch.as_tensor(truth).reshape(-1).long())
+    return counts[:, :4].numpy().astype(np.int64)
+
+
+def patch_metric_collection(n_classes: int, prefix: str) -> MetricCollection:
+    """Torchmetrics collection of the six metrics for patch classification, logged per stage.
+
+    Binary targets take probabilities of the positive class; multi-class ones take (B, C)
+    probabilities and are macro-averaged over the foreground classes' scores.
+    """
+    if n_classes == 2:
+        metrics = {"precision": BinaryPrecision(), "recall": BinaryRecall(),
+                   "accuracy": BinaryAccuracy(), "f1": BinaryF1Score(),
+                   "iou": BinaryJaccardIndex(), "dice": BinaryF1Score()}
+    else:
+        kw = {"num_classes": n_classes, "average": "macro"}
+        metrics = {"precision": MulticlassPrecision(**kw), "recall": MulticlassRecall(**kw),
+                   "accuracy": MulticlassAccuracy(num_classes=n_classes, average="micro"),
+                   "f1": MulticlassF1Score(**kw), "iou": MulticlassJaccardIndex(**kw),
+                   "dice": MulticlassF1Score(**kw)}
+    return MetricCollection(metrics, prefix=prefix)
+
+
+def _flat(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def summarize(
+    per_volume: list[np.ndarray], patch_counts: np.ndarray, class_names: list[str], stage: str
+) -> dict[str, float]:
+    """Flat metric dict from per-volume pixel counts and pooled patch counts.
+
+    Args:
+        per_volume: per volume, (n_classes, 4) counts from :func:`confusion_counts`.
+        patch_counts: (n_classes, 4) patch-level counts.
+        class_names: names of the foreground classes 1..n_classes-1.
+        stage: key prefix, e.g. ``test``.
+
+    Returns:
+        ``{stage}/pixel/{metric}`` (mean over volumes), ``{stage}/pixel_pooled/{metric}``,
+        ``{stage}/patch/{metric}``; with several foreground classes also per class
+        (``{stage}/pixel/{class}/{metric}``) and the plain keys are means over classes.
+    """
+    out: dict[str, float] = {}
+    pooled = np.sum(per_volume, axis=0)
+    levels = {
+        "pixel": lambda c: {m: float(np.nanmean(v)) if not np.all(np.isnan(v)) else math.nan
+                            for m, v in _per_volume_table(per_volume, c).items()},
+        "pixel_pooled": lambda c: metrics_from_counts(*pooled[c]),
+        "patch": lambda c: metrics_from_counts(*patch_counts[c]),
+    }
+    for level, compute in levels.items():
+        by_class = {name: compute(c) for c, name in enumerate(class_names, start=1)}
+        if len(class_names) > 1:
+            for name, values in by_class.items():
+                out.update(_flat(f"{stage}/{level}/{name}", values))
+        for m in METRICS:
+            vals = [v[m] for v in by_class.values() if not math.isnan(v[m])]
+            out[f"{stage}/{level}/{m}"] = float(np.mean(vals)) if vals else math.nan
+    return out
+
+
+def _per_volume_table(per_volume: list[np.ndarray], c: int) -> dict[str, np.ndarray]:
+    rows = [metrics_from_counts(*counts[c]) for counts in per_volume]
+    return {m: np.array([r[m] for r in rows]) for m in METRICS}

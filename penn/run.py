@@ -1,0 +1,119 @@
+"""Entry point: pretrain each stage greedily, fine-tune, calibrate on validation, test, write.
+
+    python -m penn.run                       # the built-in phantom
+    python -m penn.run data=lumbar_vb        # the real lumbar scans
+    python -m penn.run +experiment=sweep_layers
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from penn.checkpoint import save_model
+from penn.evaluation import calibrate, class_map, predict_volumes, score
+from penn.io import write_json
+from penn.lit.finetune import FinetuneModule
+from penn.lit.pretrain import PretrainModule
+from penn.reports import metrics_table, write_metrics, write_overlays
+from penn.runtime import close_loggers, log_final, make_loggers, make_trainer, resume_phase
+
+log = logging.getLogger(__name__)
+
+
+def pretrain(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]) -> None:
+    """Greedy layer-wise pretraining, one ``Trainer.fit`` per stage (PAPER.md step 6)."""
+    phase, first_stage, ckpt = resume
+    if phase == "finetune" or cfg.model.pretrain.epochs <= 0:
+        return
+    for stage in range(first_stage, len(net.stages)):
+        module = PretrainModule(net, stage, optimizer=instantiate(cfg.model.pretrain.optimizer),
+                                **cfg.model.sae)
+        trainer = make_trainer(cfg, f"pretrain_stage{stage + 1}", cfg.model.pretrain.epochs, loggers)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt if stage == first_stage else None)
+
+
+def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]) -> None:
+    """Fine-tunes the whole stack with its head; leaves the best checkpoint's weights in ``net``."""
+    module = FinetuneModule(net, dm.n_classes, optimizer=instantiate(cfg.model.finetune.optimizer))
+    trainer = make_trainer(cfg, "finetune", cfg.model.finetune.epochs, loggers)
+    trainer.fit(module, datamodule=dm, ckpt_path=resume[2] if resume[0] == "finetune" else None)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        log.info("restored best fine-tuning checkpoint %s", best)
+
+
+def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str, float]:
+    """Calibrates on validation, scores the test split, writes metrics, model and overlays."""
+    inference = OmegaConf.to_container(cfg.inference, resolve=True)
+    val = dm.splits["val"]
+    val_pred = predict_volumes(net, val.slices, inference)
+    val_truth = [class_map(lab, dm.classes) for lab in val.labels]
+    threshold, calibration = calibrate(val_pred, val_truth, inference)
+    val_metrics, _ = score(val_pred, val.labels, dm.classes, dm.class_names, dm.patch_cfg,
+                           inference, threshold, "val")
+    test = dm.splits["test"]
+    test_pred = predict_volumes(net, test.slices, inference)
+    metrics, per_volume = score(test_pred, test.labels, dm.classes, dm.class_names, dm.patch_cfg,
+                                inference, threshold, "test")
+    metrics.update({k: v for k, v in val_metrics.items() if k.startswith("val/pixel")})
+    metrics["calibration/threshold"] = math.nan if threshold is None else threshold
+    write_metrics(out / "metrics.json", metrics)
+    write_json(out / "evaluation.json", {
+        "calibration": calibration, "threshold": threshold, "balance": dm.balance_log,
+        "test_volumes": dict(zip(test.names, per_volume, strict=True)),
+        "counts_columns": ["tp", "fp", "tn", "fn"], "class_names": dm.class_names,
+    })
+    save_model(out / "model.pt", net, {
+        "net": OmegaConf.to_container(cfg.model.net, resolve=True) | {"n_outputs": dm.n_outputs},
+        "data": {"plane": dm.plane, "preprocess": dm.preprocess_cfg, "patches": dm.patch_cfg,
+                 "classes": dm.classes, "class_names": dm.class_names},
+        "inference": inference | {"threshold": threshold},
+    })
+    overlays = []
+    for name, slices, labels, pred in zip(test.names, test.slices, test.labels, test_pred,
+                                          strict=True):
+        overlays += write_overlays(out / "overlays", name, slices, class_map(labels, dm.classes),
+                                   pred.labels, cfg.inference.overlays)
+    log_final(loggers, metrics, overlays)
+    return metrics
+
+
+def train(cfg: DictConfig) -> float:
+    """The whole recipe; returns ``cfg.optimized_metric`` (for Hydra sweepers)."""
+    out = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    net = instantiate(cfg.model.net, n_outputs=dm.n_outputs)
+    loggers = make_loggers(cfg)
+    try:
+        resume = resume_phase(cfg.ckpt_path)
+        pretrain(cfg, net, dm, loggers, resume)
+        finetune(cfg, net, dm, loggers, resume)
+        metrics = evaluate_and_write(cfg, net, dm, out, loggers)
+    finally:
+        close_loggers(loggers)
+    print(f"\n{metrics_table(metrics)}\n\nmetrics: {out / 'metrics.json'}")  # the one print
+    value = metrics.get(cfg.optimized_metric, math.nan)
+    return float(value) if value is not None and np.isfinite(value) else 0.0
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

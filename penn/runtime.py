@@ -1,0 +1,87 @@
+"""Lightning plumbing shared by the entry points: loggers, trainers, checkpoints, resuming."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["make_loggers", "make_trainer", "resume_phase", "log_final", "close_loggers"]
+
+log = logging.getLogger(__name__)
+
+
+def make_loggers(cfg: DictConfig) -> list[Logger]:
+    """Instantiates every logger of ``cfg.logger`` and gives each the resolved config."""
+    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
+    return loggers
+
+
+def make_trainer(cfg: DictConfig, phase: str, max_epochs: int, loggers: list[Logger]) -> L.Trainer:
+    """A Trainer for one phase, checkpointing into ``checkpoints/<phase>/`` (best and last).
+
+    Pretraining stages have no validation, so their checkpoint is simply the latest epoch.
+    """
+    dirpath = Path(cfg.paths.output_dir) / "checkpoints" / phase
+    monitored = phase == "finetune"
+    checkpoint = instantiate(
+        cfg.callbacks.checkpoint, dirpath=str(dirpath),
+        **({} if monitored else {"monitor": None, "filename": "epoch{epoch:03d}"}),
+    )
+    extra = [instantiate(node) for node in (cfg.callbacks.get("extra") or {}).values() if node]
+    return instantiate(cfg.trainer, max_epochs=max_epochs, logger=loggers or False,
+                       callbacks=[checkpoint, *extra])
+
+
+def resume_phase(ckpt_path: str | None) -> tuple[str, int, str | None]:
+    """Where an interrupted run goes on: (phase, stage, checkpoint) from a penn Lightning checkpoint.
+
+    A pretraining checkpoint of stage k resumes that stage (earlier stages are inside it) and
+    runs the rest; a fine-tuning checkpoint skips pretraining.
+    """
+    if not ckpt_path:
+        return "pretrain", 0, None
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint to resume from not found")
+    try:
+        hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {err}") from err
+    if "stage" in hparams:
+        log.info("resuming pretraining stage %d from %s", hparams["stage"] + 1, path)
+        return "pretrain", int(hparams["stage"]), str(path)
+    log.info("resuming fine-tuning from %s", path)
+    return "finetune", 0, str(path)
+
+
+def log_final(loggers: list[Logger], metrics: dict[str, float], images: list[Path]) -> None:
+    """Sends the final metrics (and overlay images to W&B) to every logger."""
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+    for logger in loggers:
+        logger.log_metrics(finite)
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(finite)
+            if images:
+                logger.log_image("test/overlays", [str(p) for p in images[:8]],
+                                 caption=[p.stem for p in images[:8]])
+        logger.save()
+
+
+def close_loggers(loggers: list[Logger]) -> None:
+    """Finalises loggers; W&B runs are closed so one failed job does not spoil a sweep."""
+    for logger in loggers:
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            wandb.finish()

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from penn.inference import calibrate_threshold, decide, postprocess, segment_slices
+from penn.models.sparse_ae import StackedSparseAutoencoder
+from penn.patches import grid_starts
+
+
+def patch_by_patch(net, slices, stride):
+    """Reference: pad like segment_slices, classify each patch alone, average per pixel."""
+    n = net.patch_size
+    s_count, h, w = slices.shape
+    pad_h = (max(h, n) - h) + (-(max(h, n) - n)) % stride
+    pad_w = (max(w, n) - w) + (-(max(w, n) - n)) % stride
+    padded = np.pad(slices, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
+    k = net.head.out_features
+    total = np.zeros((s_count, k) + padded.shape[1:])
+    count = np.zeros(padded.shape[1:])
+    with torch.no_grad():
+        for y in grid_starts(padded.shape[1], n, stride):
+            for x in grid_starts(padded.shape[2], n, stride):
+                patch = torch.from_numpy(padded[:, None, y : y + n, x : x + n].copy())
+                logits = net(patch)
+                p = torch.sigmoid(logits) if k == 1 else logits.softmax(1)
+                total[:, :, y : y + n, x : x + n] += p.numpy()[:, :, None, None]
+                count[y : y + n, x : x + n] += 1
+    return (total / count)[:, :, :h, :w]
+
+
+@pytest.mark.parametrize("stride,n_outputs", [(1, 1), (3, 1), (4, 3)])
+def test_dense_output_equals_patch_by_patch(stride, n_outputs):
+    torch.manual_seed(0)
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=n_outputs).eval()
+    for p in net.parameters():  # spread the logits so that probabilities are not all 0.5
+        p.data *= 3
+    slices = np.random.default_rng(0).random((3, 21, 18)).astype(np.float32)
+    dense, patch_probs = segment_slices(net, slices, stride, batch_slices=2)
+    expected = patch_by_patch(net, slices, stride)
+    assert dense.shape == (3, n_outputs, 21, 18)
+    np.testing.assert_allclose(dense, expected, atol=1e-5)
+    assert dense.std() > 1e-3
+    # patch grid: row i, col j is the patch with its corner at (i * stride, j * stride)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(slices[1:2, None, stride : stride + 8, 0:8].copy()))
+    first = torch.sigmoid(logits)[0, 0] if n_outputs == 1 else logits.softmax(1)[0, 0]
+    assert patch_probs[1, 0, 1, 0] == pytest.approx(first.item(), abs=1e-5)
+
+
+def test_slices_smaller_than_a_patch_are_padded():
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=1, n_nodes=3, n_outputs=1).eval()
+    dense, _ = segment_slices(net, np.random.rand(1, 6, 5).astype(np.float32), 2, 1)
+    assert dense.shape == (1, 1, 6, 5) and np.isfinite(dense).all()
+
+
+def test_calibration_finds_the_separating_threshold():
+    probs = np.array([0.1, 0.2, 0.3, 0.62, 0.7, 0.9])
+    truth = np.array([0, 0, 0, 1, 1, 1], bool)
+    threshold, dice = calibrate_threshold([probs], [truth], np.round(np.arange(0.05, 1, 0.05), 2))
+    assert 0.3 < threshold <= 0.6 and dice == pytest.approx(1.0)
+
+
+def test_decide_thresholds_binary_and_argmaxes_multiclass():
+    probs = np.array([0.2, 0.6]).reshape(1, 1, 1, 2)
+    assert decide(probs, 0.5).tolist() == [[[0, 1]]]
+    multi = np.array([[0.2, 0.5], [0.7, 0.1], [0.1, 0.4]]).reshape(1, 3, 1, 2)
+    assert decide(multi, None).tolist() == [[[1, 0]]]
+
+
+def test_postprocess_keeps_largest_component_and_drops_small_ones():
+    labels = np.zeros((1, 10, 10), np.uint8)
+    labels[0, :4, :4] = 1  # 16 voxels
+    labels[0, 8:, 8:] = 1  # 4 voxels
+    labels[0, 6, 0] = 2  # 1 voxel of another class
+    out = postprocess(labels, min_size=2, keep_largest=1, opening_radius=0)
+    assert out.sum() == 16 and (out == 2).sum() == 0
