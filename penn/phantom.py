@@ -1,9 +1,9 @@
 """Seeded synthetic sagittal spine MRI phantoms, written in the nnU-Net raw layout.
 
-Volumes are (X, Y, Z) arrays in RAS voxel axes (axis0 L-R, axis1 P->A, axis2 I->S), so
-``image[x]`` is a sagittal slice. Labels: 0 other, 1 vertebral body, 2 tumour (tumour is
-always inside a body). Intensities are T2-like, expressed relative to mean marrow (1.0)
-while painting and rescaled to a scanner-like range (CSF about 1000) at the end.
+Arrays are (X, Y, Z) in RAS voxel axes (axis0 L-R, axis1 P->A, axis2 I->S): ``image[x]`` is a
+sagittal slice. Labels: 0 other, 1 vertebral body, 2 tumour (always inside one body). Tissues
+are painted T2-like relative to mean marrow (1.0), then textured, blurred (partial volume),
+biased, corrupted with Rician noise and scaled so that CSF is about 1000.
 """
 
 from __future__ import annotations
@@ -24,22 +24,22 @@ log = logging.getLogger(__name__)
 
 LABELS = {"background": 0, "vertebra": 1, "tumor": 2}
 META_NAME = "penn_phantom.json"
-_GENERATOR_VERSION = 1
-_SCALE = 1000.0 / 2.2  # relative intensity -> stored units (CSF ~ 1000)
+_VERSION = 1  # bump when the generator changes, to invalidate cached datasets
+_SCALE = 1000.0 / 2.2
 
 
 @dataclass(frozen=True)
 class PhantomSpec:
-    """Tunables of the phantom generator (values come from the caller's config).
+    """Generator tunables (supplied by the caller's config).
 
     Attributes:
         shape: Volume shape (L-R slices, P-A, I-S) in voxels.
         spacing: Voxel size in mm along the same axes.
-        n_vertebrae: Number of labelled vertebral bodies along I-S.
-        tumor_probability: Chance that a volume contains any tumour.
-        max_tumors: Maximum number of tumours per volume (1..max_tumors if any).
+        n_vertebrae: Number of labelled vertebral bodies.
+        tumor_probability: Chance that a volume has any tumour.
+        max_tumors: Tumours per volume are drawn from 1..max_tumors when present.
         tumor_radius_px: In-plane tumour radius range in pixels.
-        tumor_contrast: Tumour/marrow intensity ratio range; the window (0.8, 1.25) is skipped.
+        tumor_contrast: Tumour/marrow intensity ratio range; (0.8, 1.25) is never drawn.
         noise_sigma: Rician noise sigma relative to the maximum clean signal.
         bias_strength: Amplitude of the smooth multiplicative bias field.
     """
@@ -57,58 +57,71 @@ class PhantomSpec:
 
 @dataclass
 class _Geom:
-    """Sampled column geometry shared by the painting steps."""
+    """Sampled column geometry: grids, centreline yc(z) and per-body sizes (voxels)."""
 
-    x: np.ndarray  # (X, 1, 1) voxel indices
+    x: np.ndarray  # (X, 1, 1)
     y: np.ndarray  # (1, Y, 1)
     z: np.ndarray  # (Z,)
     yc: np.ndarray  # (Z,) A-P position of the column centreline
+    slope: np.ndarray  # (Z,) dyc/dz
     xc: float  # L-R midline
-    rx: float  # L-R half width of the bodies (slices)
-    zc: np.ndarray  # (n,) body centres along I-S
-    hw: np.ndarray  # (n,) body A-P half widths
-    hh: np.ndarray  # (n,) body I-S half heights
+    rx: float  # L-R half width of the bodies
+    pitch: float  # I-S distance between body centres
+    zc: np.ndarray  # (n,) body centres
+    hw: np.ndarray  # (n,) A-P half widths
+    hh: np.ndarray  # (n,) I-S half heights
 
 
-def _field(rng: np.random.Generator, shape: tuple[int, ...], sigma: tuple[float, ...]) -> np.ndarray:
-    """Smooth Gaussian random field with zero mean and unit std (sigma in voxels per axis)."""
+def _field(rng: np.random.Generator, shape: tuple[int, ...], sigma: tuple[float, ...],
+           ) -> np.ndarray:
+    """Smooth Gaussian random field, zero mean and unit std; sigma in voxels per axis.
+
+    Large-scale fields are filtered on a coarse grid and interpolated up, for speed.
+    """
     step = [max(1, int(s // 2)) for s in sigma]
-    coarse = tuple(n if k == 1 else max(2, -(-n // k) + 1) for n, k in zip(shape, step))
+    coarse = tuple(n if k == 1 else max(2, -(-n // k) + 1)
+                   for n, k in zip(shape, step, strict=True))
     f = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32),
-                                [max(s / k, 0.3) for s, k in zip(sigma, step)], mode="wrap")
+                                [max(s / k, 0.3) for s, k in zip(sigma, step, strict=True)],
+                                mode="wrap")
     if coarse != tuple(shape):
         order = 3 if np.prod(shape) <= 2**18 else 1  # cubic for small windows, linear for speed
-        f = ndimage.zoom(f, [n / c for n, c in zip(shape, coarse)], order=order)
+        f = ndimage.zoom(f, [n / c for n, c in zip(shape, coarse, strict=True)], order=order)
     return (f - f.mean()) / (f.std() + 1e-6)
 
 
 def _sample_geometry(spec: PhantomSpec, rng: np.random.Generator) -> _Geom:
-    """Sample a gently curved (lordotic) column with n_vertebrae bodies."""
-    nx, ny, nz = spec.shape
-    n = spec.n_vertebrae
+    """Sample a gently curved (lordotic), slightly anterior column of n_vertebrae bodies."""
+    (nx, ny, nz), n = spec.shape, spec.n_vertebrae
     z = np.arange(nz, dtype=np.float32)
     t = 2.0 * z / nz - 1.0
     amp, tilt = rng.uniform(0.0, 0.06) * ny, rng.uniform(-0.04, 0.04) * ny
-    yc = ny * rng.uniform(0.55, 0.6) + amp * (1.0 - t**2 - 0.5) + tilt * t
+    yc = ny * rng.uniform(0.55, 0.6) + amp * (0.5 - t**2) + tilt * t
     pitch = nz / (n + 0.1) * rng.uniform(0.97, 1.05)
     zc = (nz - (n - 1) * pitch) / 2 + rng.uniform(-0.1, 0.1) * pitch + pitch * np.arange(n)
     return _Geom(x=np.arange(nx, dtype=np.float32)[:, None, None],
-                 y=np.arange(ny, dtype=np.float32)[None, :, None], z=z, yc=yc.astype(np.float32),
-                 xc=(nx - 1) / 2 + rng.uniform(-0.05, 0.05) * nx, rx=rng.uniform(0.3, 0.35) * nx,
+                 y=np.arange(ny, dtype=np.float32)[None, :, None], z=z, yc=yc,
+                 slope=np.gradient(yc), xc=(nx - 1) / 2 + rng.uniform(-0.05, 0.05) * nx,
+                 rx=rng.uniform(0.3, 0.35) * nx, pitch=pitch,
                  zc=zc + rng.normal(0.0, 0.02 * pitch, n), hw=ny * rng.uniform(0.145, 0.165, n),
                  hh=pitch * rng.uniform(0.38, 0.43, n))
 
 
-def _superellipse(g: _Geom, zc: float, hw: float, hh: float, p: float) -> tuple[slice, np.ndarray]:
-    """Level set (<= 1 inside) of a body-like solid aligned with the curve, in a z window.
+def _frame(g: _Geom, zc: float) -> tuple[float, float, float]:
+    """Centreline point y and unit tangent (ty, tz) at height zc."""
+    s = g.slope[int(np.clip(zc, 0, len(g.z) - 1))]
+    return float(np.interp(zc, g.z, g.yc)), s / np.hypot(1.0, s), 1.0 / np.hypot(1.0, s)
 
-    The L-R cross-section is rounded: lateral slices show a shorter (posteriorly anchored)
-    A-P extent and nothing beyond ``g.rx``.
+
+def _superellipse(g: _Geom, zc: float, hw: float, hh: float, p: float) -> tuple[slice, np.ndarray]:
+    """Level set (<= 1 inside) of a body-like solid tilted with the curve, on a z window.
+
+    The L-R cross-section is rounded: lateral slices show a shorter, posteriorly anchored
+    A-P extent, and nothing beyond ``g.rx``.
     """
     win = slice(max(0, int(zc - 1.6 * hh)), max(0, min(len(g.z), int(zc + 1.6 * hh) + 1)))
-    slope = np.gradient(g.yc)[int(np.clip(zc, 0, len(g.z) - 1))]
-    ty, tz = slope / np.hypot(1.0, slope), 1.0 / np.hypot(1.0, slope)
-    dy, dz = g.y - np.interp(zc, g.z, g.yc), g.z[None, None, win] - zc
+    y0, ty, tz = _frame(g, zc)
+    dy, dz = g.y - y0, g.z[None, None, win] - zc
     along, across = dy * ty + dz * tz, dy * tz - dz * ty
     r2 = ((g.x - g.xc) / g.rx) ** 2
     w = np.sqrt(np.clip(1.0 - r2, 0.0, None))
@@ -120,153 +133,139 @@ def _superellipse(g: _Geom, zc: float, hw: float, hh: float, p: float) -> tuple[
 
 def _ellipsoid(img: np.ndarray, g: _Geom, val: float, v: float, zc: float, hv: float,
                hz: float, dx: float, hx: float) -> None:
-    """Paint an ellipsoid placed relative to the centreline (v = y - yc(z)) and midline."""
+    """Paint ``val`` in an ellipsoid at A-P offset v from the centreline, L-R offset dx."""
     win = slice(max(0, int(zc - hz)), max(0, min(len(g.z), int(zc + hz) + 2)))
+    hv, hz = max(hv, 0.5), max(hz, 0.5)
     q = (((g.y - g.yc[win] - v) / hv) ** 2 + ((g.z[win] - zc) / hz) ** 2
          + ((g.x - g.xc - dx) / hx) ** 2)
     img[:, :, win][q <= 1.0] = val
 
 
 def _paint_soft_tissue(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> None:
-    """Muscle behind the column, mixed viscera in front, subcutaneous fat, skin and air."""
+    """Muscle behind the column, mixed viscera and aorta in front, fat, skin and air."""
     nx, ny, nz = img.shape
-    v = g.y - g.yc
     blobs = _field(rng, img.shape, (1.0, 8.0, 8.0))
     front = np.where(blobs > 1.1, rng.uniform(1.6, 2.0), np.where(blobs < -1.0, 0.35, 0.7))
-    img[:] = np.where(v > 0, front, rng.uniform(0.5, 0.65))
-    _ellipsoid(img, g, 0.15, g.hw.mean() + 0.12 * ny, nz / 2, 0.09 * ny, 4 * nz, -0.3 * nx,
-               0.15 * nx)  # aorta flow void
+    img[:] = np.where(g.y > g.yc, front, rng.uniform(0.5, 0.65))
+    aorta = (g.hw.mean() + 0.12 * ny, nz / 2, 0.09 * ny, 4 * nz, -0.3 * nx, 0.15 * nx)
+    _ellipsoid(img, g, 0.15, *aorta)  # flow void
     wave = np.sin(g.z * rng.uniform(0.01, 0.03) + rng.uniform(0, 6.3)) * 0.015 * ny
     skin = 0.04 * ny + 0.4 * (g.yc - g.yc.mean()) + wave
     fat = skin + rng.uniform(0.06, 0.1) * ny + 0.5 * wave
-    img[:, :, :][np.broadcast_to(g.y < fat, img.shape)] = rng.uniform(1.35, 1.7)
-    img[:, :, :][np.broadcast_to(g.y < skin + 2, img.shape)] = 0.8
-    img[:, :, :][np.broadcast_to(g.y < skin, img.shape)] = 0.0
+    for edge, val in ((fat, rng.uniform(1.35, 1.7)), (skin + 2, 0.8), (skin, 0.0)):
+        img[np.broadcast_to(g.y < edge, img.shape)] = val
 
 
 def _paint_canal(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> None:
     """Posterior elements (unlabelled bone), epidural fat, CSF-filled canal and cord."""
     nx, ny, nz = img.shape
-    front = -g.hw.mean() - 0.01 * ny
-    width = rng.uniform(0.09, 0.12) * ny
-    pitch = float(np.mean(np.diff(g.zc))) if len(g.zc) > 1 else 0.5 * nz
-    levels = np.r_[g.zc[0] - pitch, g.zc, g.zc[-1] + pitch]
-    for zc, hh in zip(levels, np.r_[g.hh[0], g.hh, g.hh[-1]]):
-        marrow = rng.uniform(0.8, 1.05)
-        for val, d in ((0.3, 0.0), (marrow, 1.5)):  # cortex, then marrow
-            _ellipsoid(img, g, val, front - width - 0.1 * ny, zc - 0.25 * pitch,
+    front, width, hx = -g.hw.mean() - 0.01 * ny, rng.uniform(0.09, 0.12) * ny, 0.15 * nx
+    levels = np.r_[g.zc[0] - g.pitch, g.zc, g.zc[-1] + g.pitch]
+    for zc, hh in zip(levels, np.r_[g.hh[0], g.hh, g.hh[-1]], strict=True):
+        for val, d in ((0.3, 0.0), (rng.uniform(0.8, 1.05), 1.5)):  # cortex, then marrow
+            _ellipsoid(img, g, val, front - width - 0.1 * ny, zc - 0.25 * g.pitch,
                        0.1 * ny - d, 0.6 * hh - d, 0.0, max(1.5, 0.1 * nx))  # spinous process
-            for side in (-1, 1):  # pedicles / facets in lateral slices
+            for side in (-1, 1):  # pedicles / facets, seen in lateral slices
                 _ellipsoid(img, g, val, front - 0.5 * width, zc + 0.3 * hh, 0.7 * width - d,
                            0.4 * hh - d, side * 0.27 * nx, 0.12 * nx)
-    hx = 0.15 * nx
-    _ellipsoid(img, g, rng.uniform(1.35, 1.7), front - 0.5 * width, nz / 2,
-               0.5 * width + 0.02 * ny, 4 * nz, 0.0, hx)  # epidural fat
-    _ellipsoid(img, g, rng.uniform(1.9, 2.3), front - 0.5 * width, nz / 2, 0.5 * width,
-               4 * nz, 0.0, hx)  # CSF
+    mid = front - 0.5 * width
+    _ellipsoid(img, g, rng.uniform(1.35, 1.7), mid, nz / 2, 0.5 * width + 0.02 * ny, 4 * nz, 0, hx)
+    _ellipsoid(img, g, rng.uniform(1.9, 2.3), mid, nz / 2, 0.5 * width, 4 * nz, 0.0, hx)  # CSF
     conus = rng.uniform(0.3, 0.8) * nz
-    _ellipsoid(img, g, 0.85, front - 0.5 * width, nz, 0.2 * width, nz - conus, 0.0, 0.5 * hx)
+    _ellipsoid(img, g, 0.85, mid, nz, 0.2 * width, nz - conus, 0.0, 0.5 * hx)  # cord
 
 
 def _paint_column(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> np.ndarray:
-    """Paint discs then vertebral bodies (marrow with a dark cortical rim).
+    """Paint discs, then vertebral bodies (textured later) with a dark cortical rim.
 
     Returns:
-        uint8 map of body index + 1 (0 outside the bodies).
+        uint8 map holding body index + 1 inside each body, 0 elsewhere.
     """
     body = np.zeros(img.shape, np.uint8)
-    pitch = float(np.mean(np.diff(g.zc))) if len(g.zc) > 1 else 0.5 * img.shape[2]
-    edges = np.r_[g.zc[0] - pitch, g.zc, g.zc[-1] + pitch]
-    for za, zb in zip(edges[:-1], edges[1:]):
+    edges = np.r_[g.zc[0] - g.pitch, g.zc, g.zc[-1] + g.pitch]
+    for za, zb in zip(edges[:-1], edges[1:], strict=True):
         win, q = _superellipse(g, (za + zb) / 2, 0.93 * g.hw.mean(), 0.45 * (zb - za), 2.5)
         nucleus = rng.uniform(0.45, 1.8)
-        img[:, :, win] = np.where(q <= 1.0, np.where(q < 0.5, nucleus, 0.5 + 0.3 * nucleus),
-                                  img[:, :, win])
-    for j, (zc, hw, hh) in enumerate(zip(g.zc, g.hw, g.hh)):
+        val = np.where(q < 0.5, nucleus, 0.5 + 0.3 * nucleus)  # nucleus, annulus
+        img[:, :, win] = np.where(q <= 1.0, val, img[:, :, win])
+    for j, (zc, hw, hh) in enumerate(zip(g.zc, g.hw, g.hh, strict=True)):
         p = rng.uniform(3.0, 5.0)
         win, q = _superellipse(g, zc, hw, hh, p)
-        inside = q <= 1.0
         rim = q > (1.0 - 1.5 / min(hw, hh)) ** p
-        img[:, :, win] = np.where(inside, np.where(rim, 0.3, rng.uniform(0.8, 1.2)),
-                                  img[:, :, win])
-        body[:, :, win][inside] = j + 1
+        val = np.where(rim, 0.3, rng.uniform(0.8, 1.2))
+        img[:, :, win] = np.where(q <= 1.0, val, img[:, :, win])
+        body[:, :, win][q <= 1.0] = j + 1
     return body
 
 
 def _contrast(spec: PhantomSpec, rng: np.random.Generator) -> float:
-    """Sample a hypo- or hyper-intense contrast, skipping the invisible window near 1."""
+    """Draw a hypo- or hyper-intense tumour/marrow ratio, avoiding (0.8, 1.25)."""
     lo, hi = spec.tumor_contrast
     parts = [(a, b) for a, b in ((lo, min(hi, 0.8)), (max(lo, 1.25), hi)) if b > a] or [(lo, hi)]
-    a, b = parts[rng.integers(len(parts))]
-    return float(rng.uniform(a, b))
+    return float(rng.uniform(*parts[rng.integers(len(parts))]))
 
 
 def _paint_tumor(img: np.ndarray, labels: np.ndarray, body_id: np.ndarray, g: _Geom,
                  spec: PhantomSpec, rng: np.random.Generator) -> None:
-    """Insert one noise-deformed ellipsoidal lesion, clipped to the vertebral body mask."""
+    """Insert one noise-deformed ellipsoidal lesion clipped to one vertebral body."""
     ok = np.flatnonzero((g.zc - 0.6 * g.hh >= 0) & (g.zc + 0.6 * g.hh < img.shape[2]))
     j = int(rng.choice(ok)) if len(ok) else int(rng.integers(len(g.zc)))
     ry = rng.uniform(*spec.tumor_radius_px)
-    rz = ry * rng.uniform(0.75, 1.3)
-    rx = max(0.8, ry * spec.spacing[1] / spec.spacing[0] * rng.uniform(0.7, 1.2))
+    rad = (max(0.8, ry * spec.spacing[1] / spec.spacing[0] * rng.uniform(0.7, 1.2)), ry,
+           ry * rng.uniform(0.75, 1.3))
     along, across = rng.uniform(-0.5, 0.5) * g.hh[j], rng.uniform(-0.45, 0.45) * g.hw[j]
-    slope = np.gradient(g.yc)[int(np.clip(g.zc[j], 0, len(g.z) - 1))]
-    ty, tz = slope / np.hypot(1.0, slope), 1.0 / np.hypot(1.0, slope)
-    ctr = (g.xc + rng.uniform(-0.4, 0.4) * g.rx,
-           np.interp(g.zc[j], g.z, g.yc) + along * ty + across * tz, g.zc[j] + along * tz - across * ty)
-    rad = (rx, ry, rz)
+    y0, ty, tz = _frame(g, g.zc[j])
+    ctr = (g.xc + rng.uniform(-0.4, 0.4) * g.rx, y0 + along * ty + across * tz,
+           g.zc[j] + along * tz - across * ty)
     box = tuple(slice(max(0, int(c - 1.4 * r - 2)), min(n, max(0, int(c + 1.4 * r + 3))))
-                for c, r, n in zip(ctr, rad, img.shape))
+                for c, r, n in zip(ctr, rad, img.shape, strict=True))
     grids = np.ogrid[box]
     if any(gr.size == 0 for gr in grids):
         return
-    rho = np.sqrt(sum(((gr - c) / r) ** 2 for gr, c, r in zip(grids, ctr, rad)))
-    bumps = rng.uniform(0.1, 0.25) * _field(rng, rho.shape, (max(rx / 2, 0.5), ry / 3, rz / 3))
-    dist = (1.0 + bumps - rho) * min(ry, rz)  # approx. signed distance (px) to the boundary
+    rho = np.sqrt(sum(((gr - c) / r) ** 2 for gr, c, r in zip(grids, ctr, rad, strict=True)))
+    sigma = (max(rad[0] / 2, 0.5), rad[1] / 3, rad[2] / 3)
+    bumps = rng.uniform(0.1, 0.25) * _field(rng, rho.shape, sigma)
+    dist = (1.0 + bumps - rho) * min(rad[1:])  # ~ signed distance (px) to the boundary
     inside = body_id[box] == j + 1
-    weight = np.clip(0.5 + dist / 1.5, 0.0, 1.0) * inside
-    img[box] *= 1.0 + (_contrast(spec, rng) - 1.0) * weight
+    img[box] *= 1.0 + (_contrast(spec, rng) - 1.0) * np.clip(0.5 + dist / 1.5, 0, 1) * inside
     labels[box][(dist >= 0) & inside] = LABELS["tumor"]
 
 
 def _acquire(img: np.ndarray, body: np.ndarray, spec: PhantomSpec,
              rng: np.random.Generator) -> np.ndarray:
-    """Texture, partial volume blur, smooth bias field and Rician noise."""
+    """Apply texture, partial-volume blur, bias field and Rician noise; return float32."""
     nx, ny, nz = img.shape
-    fine = _field(rng, img.shape, (0.5, 3.0, 3.0))
-    marrow = _field(rng, img.shape, (1.0, 10.0, 10.0))
-    img *= 1.0 + 0.06 * fine + 0.09 * marrow * body
+    texture = 0.06 * _field(rng, img.shape, (0.5, 3.0, 3.0))
+    img *= 1.0 + texture + 0.09 * _field(rng, img.shape, (1.0, 10.0, 10.0)) * body
     img = ndimage.gaussian_filter(img, (0.0, 0.6, 0.6))
     ramp = rng.uniform(0.3, 1.0) * (0.5 - np.arange(ny, dtype=np.float32) / ny)[None, :, None]
     bias = ramp + 0.3 * _field(rng, img.shape, (2.0 * nx, ny / 3, nz / 3))
     img *= 1.0 + spec.bias_strength * bias / (np.abs(bias).max() + 1e-6)
-    sigma = spec.noise_sigma * float(img.max())
-    noise = rng.standard_normal((2, *img.shape), dtype=np.float32) * sigma
+    noise = rng.standard_normal((2, *img.shape), dtype=np.float32) * (spec.noise_sigma * img.max())
     return (np.hypot(np.clip(img, 0.0, None) + noise[0], noise[1]) * _SCALE).astype(np.float32)
 
 
-def generate_volume_with_body(spec: PhantomSpec, rng: np.random.Generator
+def generate_volume_with_body(spec: PhantomSpec, rng: np.random.Generator,
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Like :func:`generate_volume` but also return the vertebral body mask before tumours."""
+    """Like :func:`generate_volume`, also returning the body mask (bool) before tumours."""
     g = _sample_geometry(spec, rng)
     img = np.zeros(spec.shape, np.float32)
     _paint_soft_tissue(img, g, rng)
     _paint_canal(img, g, rng)
     body_id = _paint_column(img, g, rng)
-    body = body_id > 0
-    labels = body.astype(np.uint8)
+    labels = (body_id > 0).astype(np.uint8)
     if spec.max_tumors > 0 and rng.random() < spec.tumor_probability:
         for _ in range(int(rng.integers(1, spec.max_tumors + 1))):
             _paint_tumor(img, labels, body_id, g, spec, rng)
-    return _acquire(img, body, spec, rng), labels, body
+    return _acquire(img, body_id > 0, spec, rng), labels, body_id > 0
 
 
 def generate_volume(spec: PhantomSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Generate one phantom.
+    """Generate one phantom volume.
 
     Args:
         spec: Generator tunables.
-        rng: Source of randomness (the only one used, so seeding it makes output reproducible).
+        rng: The only source of randomness, so a seeded generator gives identical output.
 
     Returns:
         ``(image float32 (X, Y, Z), labels uint8 (X, Y, Z))`` in RAS voxel axes: axis0 L-R
@@ -277,32 +276,26 @@ def generate_volume(spec: PhantomSpec, rng: np.random.Generator) -> tuple[np.nda
 
 
 def _meta(spec: PhantomSpec, n_volumes: int, seed: int) -> dict:
-    """JSON-normalised description of a dataset, used as the cache key."""
-    raw = {"generator": "penn.phantom", "version": _GENERATOR_VERSION, "spec": asdict(spec),
+    """JSON-normalised cache key of a dataset."""
+    raw = {"generator": "penn.phantom", "version": _VERSION, "spec": asdict(spec),
            "n_volumes": int(n_volumes), "seed": int(seed)}
     return json.loads(json.dumps(raw))
 
 
-def _case_ids(n_volumes: int) -> list[str]:
-    """Case identifiers phantom_000, phantom_001, ..."""
-    width = max(3, len(str(max(n_volumes - 1, 0))))
-    return [f"phantom_{i:0{width}d}" for i in range(n_volumes)]
-
-
 def _is_cached(root: Path, meta: dict) -> bool:
-    """True if root holds a complete dataset generated with exactly ``meta``."""
+    """True if ``root`` holds a complete dataset generated from exactly ``meta``."""
     try:
         if json.loads((root / META_NAME).read_text()) != meta:
             return False
         cases = json.loads((root / "dataset.json").read_text())["cases"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return False
     return len(cases) == meta["n_volumes"] and all(
         (root / c[k]).is_file() for c in cases for k in ("image", "label"))
 
 
 def _save_nifti(path: Path, array: np.ndarray, spacing: tuple[float, float, float]) -> None:
-    """Save with affine diag(spacing) (RAS) in both qform and sform."""
+    """Save with affine diag(spacing) (RAS, mm) as both qform and sform."""
     affine = np.diag([*map(float, spacing), 1.0])
     img = nib.Nifti1Image(array, affine)
     img.set_qform(affine, code=1)
@@ -312,20 +305,20 @@ def _save_nifti(path: Path, array: np.ndarray, spacing: tuple[float, float, floa
 
 
 def _write_all(out: Path, spec: PhantomSpec, meta: dict) -> None:
-    """Generate every case into directory ``out`` (meta file written last)."""
+    """Generate every case into ``out``; the meta file is written last."""
     (out / "imagesTr").mkdir()
     (out / "labelsTr").mkdir()
-    cases = []
-    for i, case in enumerate(_case_ids(meta["n_volumes"])):
-        rng = np.random.default_rng([meta["seed"], i])
-        image, labels = generate_volume(spec, rng)
+    n, cases = meta["n_volumes"], []
+    for i in range(n):
+        case = f"phantom_{i:0{max(3, len(str(n - 1)))}d}"
+        image, labels = generate_volume(spec, np.random.default_rng([meta["seed"], i]))
         entry = {"id": case, "image": f"imagesTr/{case}_0000.nii.gz",
                  "label": f"labelsTr/{case}.nii.gz", "has_tumor": bool((labels == 2).any())}
         _save_nifti(out / entry["image"], image, spec.spacing)
         _save_nifti(out / entry["label"], labels, spec.spacing)
         cases.append(entry)
     dataset = {"name": "penn_phantom", "channel_names": {"0": "MRI"}, "labels": LABELS,
-               "numTraining": len(cases), "file_ending": ".nii.gz", "cases": cases}
+               "numTraining": n, "file_ending": ".nii.gz", "cases": cases}
     (out / "dataset.json").write_text(json.dumps(dataset, indent=2))
     (out / META_NAME).write_text(json.dumps(meta, indent=2))
 
@@ -334,14 +327,15 @@ def write_phantom_dataset(root: str | Path, n_volumes: int, spec: PhantomSpec, s
     """Generate (or reuse) a phantom dataset in the nnU-Net raw layout.
 
     Args:
-        root: Dataset directory (``dataset.json``, ``imagesTr/``, ``labelsTr/``).
+        root: Dataset directory to hold ``dataset.json``, ``imagesTr/`` and ``labelsTr/``.
         n_volumes: Number of volumes.
         spec: Generator tunables.
         seed: Seed; case i uses ``np.random.default_rng([seed, i])``.
 
     Returns:
-        ``root``. An existing matching dataset is returned untouched; a stale phantom
-        dataset is replaced atomically (built in a sibling temp dir, then renamed).
+        ``root``. A complete dataset with matching ``penn_phantom.json`` is returned untouched;
+        otherwise it is built in a sibling temp dir and renamed into place (replacing a stale
+        phantom dataset).
 
     Raises:
         FileExistsError: If ``root`` is a non-empty directory that is not a phantom dataset.
@@ -349,10 +343,10 @@ def write_phantom_dataset(root: str | Path, n_volumes: int, spec: PhantomSpec, s
     root = Path(root)
     meta = _meta(spec, n_volumes, seed)
     if _is_cached(root, meta):
-        log.info("Phantom dataset cache hit: %s", root)
+        log.info("Reusing cached phantom dataset %s", root)
         return root
     if root.exists() and any(root.iterdir()) and not (root / META_NAME).is_file():
-        raise FileExistsError(f"{root} exists and is not a phantom dataset; refusing to replace")
+        raise FileExistsError(f"{root} is not a phantom dataset; refusing to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     old = root.with_name(f".{root.name}.old-{os.getpid()}")
@@ -365,7 +359,7 @@ def write_phantom_dataset(root: str | Path, n_volumes: int, spec: PhantomSpec, s
         try:
             os.replace(tmp, root)
         except OSError:
-            if not _is_cached(root, meta):  # lost a race against an identical writer?
+            if not _is_cached(root, meta):  # tolerate losing a race to an identical writer
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

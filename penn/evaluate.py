@@ -1,0 +1,67 @@
+"""Entry point: score a trained model on every labelled volume of a dataset.
+
+    python -m penn.evaluate ckpt=outputs/train/<run>/model.pt data.root=../shared/data/lumbar-vb
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from penn.checkpoint import load_model
+from penn.evaluation import predict_volumes, score
+from penn.io import DataError, list_cases, read_case, read_dataset_json
+from penn.preprocess import preprocess_volume, to_slices
+from penn.reports import metrics_table, write_metrics
+
+log = logging.getLogger(__name__)
+
+
+def resolve_classes(cfg: DictConfig, meta: dict) -> list[list[int]]:
+    """The label values of each class: as trained, or the binary target named in the config."""
+    trained = meta["data"]["classes"]
+    if cfg.data.target is None:
+        return trained
+    if len(trained) != 1:
+        raise ValueError(f"data.target={cfg.data.target!r} needs a binary model; this one has "
+                         f"classes {meta['data']['class_names']}")
+    if cfg.data.target not in cfg.data.targets:
+        raise ValueError(f"data.target={cfg.data.target!r} is not one of {list(cfg.data.targets)}")
+    return [list(cfg.data.targets[cfg.data.target])]
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Segments and scores every case of ``cfg.data.root``; writes ``metrics.json``."""
+    net, meta = load_model(cfg.ckpt)
+    data, inference = meta["data"], dict(meta["inference"])
+    inference.update({k: v for k, v in OmegaConf.to_container(cfg.inference).items() if v is not None})
+    classes = resolve_classes(cfg, meta)
+    root = Path(cfg.data.root)
+    allowed = sorted(int(v) for v in read_dataset_json(root)["labels"].values())
+    slices, labels = [], []
+    for case in list_cases(root):
+        volume = read_case(case, allowed)
+        slices.append(preprocess_volume(volume.image, data["plane"], **data["preprocess"]))
+        labels.append(to_slices(volume.labels, data["plane"]))
+    if not slices:
+        raise DataError(f"{root}: no labelled volumes")
+    predictions = predict_volumes(net, slices, inference)
+    names = data["class_names"] if cfg.data.target is None else [cfg.data.target]
+    metrics, _ = score(predictions, labels, classes, names, data["patches"], inference,
+                       inference["threshold"], "test")
+    out = Path(cfg.paths.output_dir)
+    write_metrics(out / "metrics.json", metrics)
+    print(f"\n{metrics_table(metrics)}\n\nmetrics: {out / 'metrics.json'}")  # the one print
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Shared fixtures: one tiny phantom for the whole run and a tiny composed config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+# Hydra overrides that shrink a run to seconds on 2 CPU cores
+TINY = [
+    "data.phantom.n_volumes=6",
+    "data.phantom.shape=[6,96,128]",
+    "data.phantom.n_vertebrae=3",
+    "data.phantom.tumor_radius_px=[9.0,13.0]",
+    "data.phantom.tumor_probability=1.0",
+    "data.patches.size=16",
+    "data.patches.stride=4",
+    "data.split.val=0.2",
+    "data.split.test=0.2",
+    "data.loader.batch_size=32",
+    "data.loader.max_eval_patches=500",
+    "model.n_layers=2",
+    "model.n_nodes=16",
+    "model.pretrain.epochs=1",
+    "model.finetune.epochs=1",
+    "inference.stride=4",
+    "inference.overlays=1",
+    "trainer.accelerator=cpu",
+    "trainer.limit_train_batches=5",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """Directory that holds the tiny phantom (``phantom/``), generated once per test session."""
+    return tmp_path_factory.mktemp("data")
+
+
+def compose_cfg(overrides: list[str], data_dir: Path, output_dir: Path) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, *overrides])
+    with open_dict(cfg):
+        cfg.paths.data_dir = str(data_dir)
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def cfg_tiny(phantom_dir, tmp_path) -> DictConfig:
+    """The real train config shrunk to a tiny phantom, CPU, one epoch; output in tmp_path."""
+    return compose_cfg([], phantom_dir, tmp_path / "run")

@@ -1,0 +1,112 @@
+"""End-to-end: `python -m penn.run` and `python -m penn.evaluate` on a tiny phantom."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from penn.checkpoint import CheckpointError, load_model
+
+from .conftest import TINY
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+
+
+def penn(module: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, *overrides]
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def tree(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny run shared by the tests below: (run dir, data dir)."""
+    base = tmp_path_factory.mktemp("e2e")
+    data_dir, run_dir = base / "data", base / "run"
+    penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    return run_dir, data_dir
+
+
+def test_run_writes_every_metric_checkpoints_and_model(trained):
+    run_dir, _ = trained
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for level in ("pixel", "pixel_pooled", "patch"):
+        for m in ("precision", "recall", "accuracy", "f1", "iou", "dice"):
+            assert f"test/{level}/{m}" in metrics
+    assert 0.0 <= metrics["test/pixel_pooled/accuracy"] <= 1.0
+    assert 0.0 < metrics["calibration/threshold"] < 1.0
+    for ckpt in ("finetune/best.ckpt", "finetune/last.ckpt", "pretrain_stage2/last.ckpt"):
+        assert (run_dir / "checkpoints" / ckpt).is_file()
+    net, meta = load_model(run_dir / "model.pt")
+    assert meta["data"]["class_names"] == ["tumor"] and net.patch_size == 16
+    assert list((run_dir / "overlays").glob("*.png"))
+    csv = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "pretrain/stage1/loss" in csv and "val/patch/f1" in csv and "test/pixel/dice" in csv
+
+
+def test_evaluate_reproduces_the_runs_test_metrics(trained, tmp_path):
+    run_dir, data_dir = trained
+    # evaluating on the whole phantom scores train/val volumes too; check the key set and that
+    # a dataset folder with exactly the test volume gives the run's per-volume numbers
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    name = sorted(evaluation["test_volumes"])[0]
+    subset = tmp_path / "subset"
+    (subset / "imagesTr").mkdir(parents=True)
+    (subset / "labelsTr").mkdir()
+    phantom = data_dir / "phantom"
+    (subset / "dataset.json").write_text((phantom / "dataset.json").read_text())
+    os.symlink(phantom / "imagesTr" / f"{name}_0000.nii.gz", subset / "imagesTr" / f"{name}_0000.nii.gz")
+    os.symlink(phantom / "labelsTr" / f"{name}.nii.gz", subset / "labelsTr" / f"{name}.nii.gz")
+    out = tmp_path / "eval"
+    penn("penn.evaluate", f"ckpt={run_dir / 'model.pt'}", f"data.root={subset}",
+         f"hydra.run.dir={out}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    tp, fp, tn, fn = evaluation["test_volumes"][name][1]
+    assert metrics["test/pixel_pooled/accuracy"] == pytest.approx((tp + tn) / (tp + fp + tn + fn))
+
+
+def test_data_folder_is_never_written(trained):
+    run_dir, data_dir = trained
+    before = tree(data_dir)
+    penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}_again",
+         "model.pretrain.epochs=0", "trainer.limit_train_batches=1")
+    assert tree(data_dir) == before
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(trained, tmp_path):
+    run_dir, data_dir = trained
+    ckpt = run_dir / "checkpoints" / "pretrain_stage2" / "last.ckpt"
+    proc = penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path}",
+                f"ckpt_path={ckpt}", "model.pretrain.epochs=2")
+    log = proc.stdout + proc.stderr + (tmp_path / "run.log").read_text()
+    assert "resuming pretraining stage 2" in log
+    assert not (tmp_path / "checkpoints" / "pretrain_stage1").exists()  # stage 1 skipped
+    assert (tmp_path / "checkpoints" / "pretrain_stage2" / "last.ckpt").is_file()
+    assert (tmp_path / "metrics.json").is_file()
+
+
+def test_truncated_model_file_gives_a_clear_error(trained, tmp_path):
+    run_dir, _ = trained
+    broken = tmp_path / "model.pt"
+    broken.write_bytes((run_dir / "model.pt").read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="model.pt: cannot read model file"):
+        load_model(broken)
+
+
+def test_missing_data_folder_stops_with_its_name(tmp_path):
+    proc = penn("penn.run", "data=lumbar_vb", f"data.root={tmp_path / 'absent'}",
+                f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    assert proc.returncode != 0
+    assert "absent: data folder not found" in proc.stderr
