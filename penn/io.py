@@ -92,6 +92,8 @@ def read_dataset_json(root: Path) -> dict:
         DataError: when the file is missing or is not valid JSON with a ``labels`` mapping.
     """
     path = Path(root) / "dataset.json"
+    if not Path(root).is_dir():
+        raise DataError(f"{root}: data folder not found")
     if not path.is_file():
         raise DataError(f"{path}: dataset.json not found (expected nnU-Net raw layout)")
     try:
