@@ -17,8 +17,9 @@ import torch
 from hydra.utils import instantiate
 
 from penn.io import write_atomic_bytes
+from penn.preprocess import PLANE_AXIS
 
-__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model"]
+__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "check_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a penn model file (expected format {FORMAT!r}; "
                               "Lightning .ckpt files are for resuming, use the run's model.pt)")
-    meta = blob["meta"]
+    meta = blob.get("meta")
+    check_meta(path, meta)
     target = str(meta["net"].get("_target_", ""))
     if not target.startswith("penn."):
         raise CheckpointError(f"{path}: refusing to build network {target!r} outside penn")
@@ -70,4 +72,61 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
         net.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
         raise CheckpointError(f"{path}: weights do not match the network in its config: {err}") from err
+    if getattr(net, "patch_size", None) != meta["data"]["patches"]["size"]:
+        raise CheckpointError(f"{path}: network patch size {getattr(net, 'patch_size', None)} != "
+                              f"data.patches.size {meta['data']['patches']['size']}")
     return net.eval(), meta
+
+
+# keys a model file's meta must hold for a new scan to be segmented as in training
+_REQUIRED = {
+    "net": ("_target_", "patch_size", "n_outputs"),
+    "data": ("plane", "preprocess", "patches", "classes", "class_names"),
+    "data.preprocess": ("noise_threshold", "smooth_sigma", "clip_percentiles"),
+    "data.patches": ("size", "stride", "rule", "threshold"),
+    "inference": ("stride", "batch_slices", "threshold", "postprocess"),
+}
+
+
+def _node(meta: dict, dotted: str):
+    for key in dotted.split("."):
+        meta = meta[key]
+    return meta
+
+
+def check_meta(path: str | Path, meta: object) -> None:
+    """Checks that a model file's meta is complete and consistent with itself.
+
+    Raises:
+        CheckpointError: a missing key, an unknown plane, a patch size that differs between the
+            network and the patch settings, or an output count that does not fit the classes.
+    """
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: model file has no meta dict")
+    for dotted, keys in _REQUIRED.items():
+        try:
+            node = _node(meta, dotted)
+        except (KeyError, TypeError):
+            raise CheckpointError(f"{path}: meta has no {dotted!r} section") from None
+        missing = [k for k in keys if not isinstance(node, dict) or k not in node]
+        if missing:
+            raise CheckpointError(f"{path}: meta[{dotted!r}] lacks {missing}")
+    data, net, inference = meta["data"], meta["net"], meta["inference"]
+    if data["plane"] not in PLANE_AXIS:
+        raise CheckpointError(f"{path}: unknown plane {data['plane']!r}; "
+                              f"use one of {list(PLANE_AXIS)}")
+    if net["patch_size"] != data["patches"]["size"]:
+        raise CheckpointError(f"{path}: network patch size {net['patch_size']} != "
+                              f"data.patches.size {data['patches']['size']}")
+    classes, names = data["classes"], data["class_names"]
+    if not classes or len(classes) != len(names):
+        raise CheckpointError(f"{path}: {len(classes)} classes but class names {names}")
+    expected = 1 if len(classes) == 1 else len(classes) + 1
+    if net["n_outputs"] != expected:
+        raise CheckpointError(f"{path}: network has {net['n_outputs']} outputs, "
+                              f"{len(classes)} class(es) need {expected}")
+    if expected == 1 and not isinstance(inference["threshold"], (int, float)):
+        raise CheckpointError(f"{path}: binary model without a numeric inference.threshold")
+    if not (isinstance(inference["stride"], int) and inference["stride"] >= 1):
+        raise CheckpointError(f"{path}: inference.stride must be a positive integer, "
+                              f"got {inference['stride']!r}")

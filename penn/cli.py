@@ -1,0 +1,53 @@
+"""The ``penn`` command: ``penn run|evaluate|predict [hydra overrides]``.
+
+Each verb runs that entry point's file as ``__main__``, exactly as ``python -m penn.predict ...``
+would. Calling the ``@hydra.main`` function from an installed script instead makes Hydra look for
+``../conf`` as a Python package next to ``penn`` (there is none), so the file route is the one
+that finds the configs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import runpy
+import sys
+
+__all__ = ["VERBS", "main", "run_as_main"]
+
+VERBS = {
+    "run": ("penn.run", "train, calibrate and test a model (conf/train.yaml)"),
+    "evaluate": ("penn.evaluate", "score a model file on a labelled dataset (conf/evaluate.yaml)"),
+    "predict": ("penn.predict", "segment new scans with a model file (conf/predict.yaml)"),
+}
+
+
+def usage() -> str:
+    verbs = "\n".join(f"  {verb:<9} {text}" for verb, (_, text) in VERBS.items())
+    return (f"usage: penn {{{','.join(VERBS)}}} [key=value ...] [--help]\n\n{verbs}\n\n"
+            "`penn VERB --help` lists that verb's configuration.\n")
+
+
+def run_as_main(module: str, argv: list[str], prog: str) -> None:
+    """Runs ``module``'s file as ``__main__`` with ``argv`` as its command line (Hydra reads it)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"penn: entry point {module} not found")
+    sys.argv = [prog, *argv]
+    runpy.run_path(spec.origin, run_name="__main__")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatches ``argv`` (default: ``sys.argv[1:]``) to a verb; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return 0 if argv else 2
+    if argv[0] not in VERBS:
+        sys.stderr.write(f"penn: unknown command {argv[0]!r}\n\n{usage()}")
+        return 2
+    run_as_main(VERBS[argv[0]][0], argv[1:], f"penn {argv[0]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

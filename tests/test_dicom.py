@@ -1,0 +1,148 @@
+"""DICOM series: LPS -> RAS geometry, slice sorting, rescaling, and the same mask as NIfTI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from hydra import compose, initialize_config_dir
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from penn.dicom import read_dicom_series
+from penn.io import DataError
+from penn.predict import predict
+
+from .predict_helpers import save_nifti, spine_volume, write_model
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+# A sagittal series: rows run posterior (LPS +y), columns run down (LPS -z), slices step to the
+# patient's right (LPS -x). Pixel spacing: 0.5 mm between rows, 0.6 mm between columns.
+ROW_DIR, COL_DIR = (0.0, 1.0, 0.0), (0.0, 0.0, -1.0)
+PIXEL_SPACING = (0.5, 0.6)
+FIRST = np.array([40.0, -30.0, 25.0])  # LPS mm, centre of the first pixel of the first slice
+STEP = np.array([-3.0, 0.0, 0.0])
+SLOPE, INTERCEPT = 0.5, -20.0
+
+# The same geometry worked out by hand in RAS for arrays indexed [column, row, slice]:
+# column i moves along ROW_DIR by 0.6 mm -> RAS (0, -0.6, 0); row j along COL_DIR by 0.5 mm ->
+# RAS (0, 0, -0.5); slice k by STEP -> RAS (+3, 0, 0); origin (-40, +30, 25).
+EXPECTED_AFFINE = np.array([[0, 0, 3.0, -40.0], [-0.6, 0, 0, 30.0], [0, -0.5, 0, 25.0],
+                            [0, 0, 0, 1]])
+
+
+def write_series(folder: Path, native: np.ndarray, order: list[int] | None = None) -> Path:
+    """One DICOM file per slice of ``native`` ([column, row, slice] uint16 stored values).
+
+    Files are named in ``order`` (default: reversed), so reading must sort by position.
+    """
+    folder.mkdir(parents=True)
+    series, study = generate_uid(), generate_uid()
+    n = native.shape[2]
+    for file_index, k in enumerate(order or list(range(n))[::-1]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.PatientName = "MR", "Phantom^Spine"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.InstanceNumber = file_index + 1  # deliberately not the spatial order
+        ds.ImageOrientationPatient = [*ROW_DIR, *COL_DIR]
+        ds.ImagePositionPatient = (FIRST + k * STEP).tolist()
+        ds.PixelSpacing = list(PIXEL_SPACING)
+        ds.SliceThickness = 3.0
+        ds.Columns, ds.Rows = native.shape[0], native.shape[1]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = SLOPE, INTERCEPT
+        ds.PixelData = np.ascontiguousarray(native[:, :, k].T).astype("<u2").tobytes()
+        ds.save_as(folder / f"IM{file_index:04d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def stored_values(shape=(16, 12, 5)) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 4000, shape).astype(np.uint16)
+
+
+def test_series_affine_is_the_hand_built_ras_affine_and_values_are_rescaled(tmp_path):
+    stored = stored_values()
+    volume = read_dicom_series(write_series(tmp_path / "series", stored))
+    np.testing.assert_allclose(volume.original_affine, EXPECTED_AFFINE, atol=1e-9)
+    # canonical order is RAS: check a voxel's world position and value against the native grid
+    np.testing.assert_allclose(volume.spacing, (3.0, 0.6, 0.5))
+    assert nib.aff2axcodes(volume.affine) == ("R", "A", "S")
+    for i, j, k in [(0, 0, 0), (15, 11, 4), (3, 7, 2)]:
+        world = EXPECTED_AFFINE @ [i, j, k, 1]
+        c = np.round(np.linalg.inv(volume.affine) @ world).astype(int)[:3]
+        assert volume.image[tuple(c)] == pytest.approx(stored[i, j, k] * SLOPE + INTERCEPT)
+
+
+def test_a_shuffled_series_reads_like_a_sorted_one(tmp_path):
+    stored = stored_values()
+    a = read_dicom_series(write_series(tmp_path / "a", stored, order=[0, 1, 2, 3, 4]))
+    b = read_dicom_series(write_series(tmp_path / "b", stored, order=[3, 0, 4, 2, 1]))
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def run_predict(ckpt: Path, source: Path, out: Path) -> None:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("predict", overrides=[f"ckpt={ckpt}", f"input={source}", f"output={out}",
+                                            "progress=false", "overlays=0", "mesh.enabled=false"])
+    predict(cfg)
+
+
+def test_dicom_series_gives_the_same_mask_as_the_nifti_of_its_volume(tmp_path):
+    model = write_model(tmp_path / "model.pt", 3)
+    image, _ = spine_volume((8, 40, 72))  # canonical (L-R, P-A, I-S)
+    # the series' native grid [column, row, slice] is (A->P, S->I, L->R): flip and permute
+    native = np.transpose(image[:, ::-1, ::-1], (1, 2, 0))
+    stored = np.round((native - INTERCEPT) / SLOPE).astype(np.uint16)
+    write_series(tmp_path / "dicom" / "series1", stored)
+    save_nifti(tmp_path / "series1.nii.gz", stored * SLOPE + INTERCEPT, EXPECTED_AFFINE)
+    run_predict(model, tmp_path / "dicom" / "series1", tmp_path / "from_dicom")
+    run_predict(model, tmp_path / "series1.nii.gz", tmp_path / "from_nifti")
+    from_dicom = nib.load(tmp_path / "from_dicom" / "series1" / "mask.nii.gz")
+    from_nifti = nib.load(tmp_path / "from_nifti" / "series1" / "mask.nii.gz")
+    np.testing.assert_allclose(from_dicom.affine, EXPECTED_AFFINE, atol=1e-9)
+    np.testing.assert_array_equal(np.asanyarray(from_dicom.dataobj),
+                                  np.asanyarray(from_nifti.dataobj))
+    assert set(np.unique(np.asanyarray(from_dicom.dataobj))) == {0, 1, 2}
+    # a batch folder whose subfolder is the series gives the same mask again
+    run_predict(model, tmp_path / "dicom", tmp_path / "batch")
+    batch = nib.load(tmp_path / "batch" / "series1" / "mask.nii.gz")
+    np.testing.assert_array_equal(np.asanyarray(batch.dataobj), np.asanyarray(from_dicom.dataobj))
+
+
+def test_a_non_dicom_file_in_a_series_is_named(tmp_path):
+    folder = write_series(tmp_path / "series", stored_values())
+    (folder / "IM9999.dcm").write_bytes(b"not dicom at all")
+    with pytest.raises(DataError, match="IM9999.dcm: not a readable DICOM file"):
+        read_dicom_series(folder)
+
+
+def test_duplicate_slice_positions_are_refused(tmp_path):
+    with pytest.raises(DataError, match="two slices share position"):
+        read_dicom_series(write_series(tmp_path / "series", stored_values(), order=[0, 1, 1, 2]))
+
+
+def test_uneven_slice_spacing_is_refused(tmp_path):
+    with pytest.raises(DataError, match="slice spacing is not uniform"):
+        read_dicom_series(write_series(tmp_path / "series", stored_values(), order=[0, 1, 3]))
+
+
+def test_missing_geometry_is_named(tmp_path):
+    folder = write_series(tmp_path / "series", stored_values((4, 4, 2)))
+    path = folder / "IM0000.dcm"
+    ds = pydicom.dcmread(path)
+    del ds.ImageOrientationPatient
+    ds.save_as(path)
+    with pytest.raises(DataError, match=r"IM0000.dcm: DICOM slice lacks \['ImageOrientation"):
+        read_dicom_series(folder)
