@@ -51,3 +51,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run_main() -> None:
+    """The ``penn-run`` console script."""
+    run_as_main("penn.run", sys.argv[1:], "penn-run")
+
+
+def evaluate_main() -> None:
+    """The ``penn-evaluate`` console script."""
+    run_as_main("penn.evaluate", sys.argv[1:], "penn-evaluate")

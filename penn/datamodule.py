@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from penn.balance import class_counts, undersample
 from penn.io import DataError, Volume, list_cases, read_case, read_dataset_json
@@ -21,7 +21,7 @@ from penn.patches import gather_patches, label_patches
 from penn.phantom import PhantomSpec, write_phantom_dataset
 from penn.preprocess import preprocess_volume, to_slices
 
-__all__ = ["SplitVolumes", "PatchDataset", "PatchDataModule", "split_cases"]
+__all__ = ["SplitVolumes", "PatchDataset", "BalancedSampler", "PatchDataModule", "split_cases"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,44 @@ class PatchDataset(Dataset):
         return x.clamp(0.0, 1.0)
 
 
+class BalancedSampler(Sampler[int]):
+    """Random undersampling of the majority class, drawn anew for every epoch (seed + epoch).
+
+    Every minority patch is used in every epoch; each epoch sees a different random subset of
+    the background patches, so over a run the network meets far more of the background's
+    variety than one fixed undersampling would show it, at the same cost per epoch. Lightning
+    calls :meth:`set_epoch` (also through its distributed wrapper), which makes a resumed run
+    draw the same subsets as an uninterrupted one.
+
+    Args:
+        targets: (N,) patch classes of the dataset.
+        majority_fraction: share of class 0 in each epoch.
+        seed: base seed.
+        resample: draw a new subset per epoch (False: the epoch-0 subset every time).
+    """
+
+    def __init__(self, targets: np.ndarray, majority_fraction: float, seed: int, resample: bool):
+        self.targets, self.majority_fraction = targets, majority_fraction
+        self.seed, self.resample, self.epoch = int(seed), resample, 0
+        self._length = len(self._draw(0))
+
+    def _draw(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch if self.resample else 0])
+        keep = undersample(self.targets, self.majority_fraction, rng)
+        return rng.permutation(keep)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self):
+        indices = self._draw(self.epoch)
+        self.epoch += 1  # a fresh draw next time even if nobody calls set_epoch
+        return iter(indices.tolist())
+
+
 class PatchDataModule(L.LightningDataModule):
     """Reads a dataset in the nnU-Net raw layout and serves 2D patches for PENN.
 
@@ -127,18 +165,20 @@ class PatchDataModule(L.LightningDataModule):
         targets: binary targets, each the label values that make up the positive class.
         patches: ``size``, ``stride``, ``rule`` and ``threshold`` of the PE module.
         balance_ratio: share of the majority class after undersampling the training split.
+        resample_each_epoch: draw a new undersampled subset of the majority class every epoch.
         split: ``val`` and ``test`` fractions and the ``seed`` of the split by volume.
         preprocess: keyword arguments of :func:`penn.preprocess.preprocess_volume` but ``plane``.
         augment: intensity augmentation ranges for training, or None.
         loader: ``batch_size``, ``num_workers``, ``pin_memory``, ``max_eval_patches``.
     """
 
-    def __init__(self, name, root, phantom, plane, target, targets, patches, balance_ratio, split,
-                 preprocess, augment, loader):  # fmt: skip
+    def __init__(self, name, root, phantom, plane, target, targets, patches, balance_ratio,
+                 resample_each_epoch, split, preprocess, augment, loader):  # fmt: skip
         super().__init__()
         self.name, self.root = name, Path(root)
         self.phantom, self.plane, self.target, self.targets = phantom, plane, target, targets
         self.patch_cfg, self.balance_ratio, self.split_cfg = patches, balance_ratio, split
+        self.resample_each_epoch = resample_each_epoch
         self.preprocess_cfg, self.augment, self.loader_cfg = preprocess, augment, loader
         self.splits: dict[str, SplitVolumes] = {}
         self.class_names: list[str] = []
@@ -225,16 +265,7 @@ class PatchDataModule(L.LightningDataModule):
         split = self.splits[name]
         index, targets = self._index(split)
         rng = np.random.default_rng(self.split_cfg["seed"])
-        if name == "train":
-            before = class_counts(targets, self.n_classes)
-            keep = undersample(targets, self.balance_ratio, rng)
-            index, targets = index[keep], targets[keep]
-            after = class_counts(targets, self.n_classes)
-            self.balance_log = {"before": before.tolist(), "after": after.tolist()}
-            log.info("training patches per class before balancing %s (%s), after %s (%s)",
-                     before.tolist(), np.round(before / before.sum(), 3).tolist(),
-                     after.tolist(), np.round(after / after.sum(), 3).tolist())
-        elif len(index) > self.loader_cfg["max_eval_patches"]:
+        if name != "train" and len(index) > self.loader_cfg["max_eval_patches"]:
             keep = np.sort(rng.choice(len(index), self.loader_cfg["max_eval_patches"], False))
             index, targets = index[keep], targets[keep]
         if len(index) == 0:
@@ -243,21 +274,35 @@ class PatchDataModule(L.LightningDataModule):
         augment = self.augment if name == "train" else None
         return PatchDataset(split.slices, index, targets, self.patch_cfg["size"], augment)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _balanced_sampler(self, dataset: PatchDataset) -> BalancedSampler:
+        """Training sampler (paper step 4, T1MRI); logs the class counts before and after."""
+        sampler = BalancedSampler(dataset.targets, self.balance_ratio, self.split_cfg["seed"],
+                                  self.resample_each_epoch)
+        before = class_counts(dataset.targets, self.n_classes)
+        after = class_counts(dataset.targets[sampler._draw(0)], self.n_classes)
+        self.balance_log = {"before": before.tolist(), "after": after.tolist()}
+        log.info("training patches per class before balancing %s (%s), after %s (%s)%s",
+                 before.tolist(), np.round(before / before.sum(), 3).tolist(), after.tolist(),
+                 np.round(after / after.sum(), 3).tolist(),
+                 ", background redrawn every epoch" if self.resample_each_epoch else "")
+        return sampler
+
+    def _loader(self, name: str) -> DataLoader:
         cfg = self.loader_cfg
-        workers = cfg["num_workers"]
-        generator = torch.Generator().manual_seed(int(self.split_cfg["seed"]))
-        return DataLoader(self._dataset(name), batch_size=cfg["batch_size"], shuffle=shuffle,
+        workers, dataset = cfg["num_workers"], self._dataset(name)
+        train = name == "train"
+        return DataLoader(dataset, batch_size=cfg["batch_size"],
+                          sampler=self._balanced_sampler(dataset) if train else None,
                           num_workers=workers, collate_fn=_identity,
                           pin_memory=cfg["pin_memory"] and torch.cuda.is_available(),
-                          persistent_workers=workers > 0, generator=generator,
-                          drop_last=shuffle)
+                          persistent_workers=workers > 0, drop_last=train,
+                          generator=torch.Generator().manual_seed(int(self.split_cfg["seed"])))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -224,6 +224,7 @@ def write_atomic_bytes(path: str | Path, payload: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
+        os.chmod(tmp, 0o644)  # mkstemp creates owner-only files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -257,6 +258,7 @@ def write_nifti(path: str | Path, array: np.ndarray, volume: Volume, dtype=np.ui
     os.close(fd)
     try:
         nib.save(out, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

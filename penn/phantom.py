@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 LABELS = {"background": 0, "vertebra": 1, "tumor": 2}
 META_NAME = "penn_phantom.json"
-_VERSION = 1  # bump when the generator changes, to invalidate cached datasets
+_VERSION = 3  # bump when the generator changes, to invalidate cached datasets
 _SCALE = 1000.0 / 2.2
 
 
@@ -53,6 +53,15 @@ class PhantomSpec:
     tumor_contrast: tuple[float, float]
     noise_sigma: float
     bias_strength: float
+
+    def __post_init__(self) -> None:
+        """Coerce config containers (lists, OmegaConf nodes) to plain tuples and numbers."""
+        for name, kind in (("shape", int), ("spacing", float), ("tumor_radius_px", float),
+                           ("tumor_contrast", float)):
+            object.__setattr__(self, name, tuple(kind(v) for v in getattr(self, name)))
+        for name, kind in (("n_vertebrae", int), ("max_tumors", int), ("tumor_probability", float),
+                           ("noise_sigma", float), ("bias_strength", float)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
 
 
 @dataclass
@@ -192,7 +201,7 @@ def _paint_column(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> np.nda
         p = rng.uniform(3.0, 5.0)
         win, q = _superellipse(g, zc, hw, hh, p)
         rim = q > (1.0 - 1.5 / min(hw, hh)) ** p
-        val = np.where(rim, 0.3, rng.uniform(0.8, 1.2))
+        val = np.where(rim, 0.3, rng.uniform(0.9, 1.1))
         img[:, :, win] = np.where(q <= 1.0, val, img[:, :, win])
         body[:, :, win][q <= 1.0] = j + 1
     return body
@@ -227,7 +236,9 @@ def _paint_tumor(img: np.ndarray, labels: np.ndarray, body_id: np.ndarray, g: _G
     bumps = rng.uniform(0.1, 0.25) * _field(rng, rho.shape, sigma)
     dist = (1.0 + bumps - rho) * min(rad[1:])  # ~ signed distance (px) to the boundary
     inside = body_id[box] == j + 1
-    img[box] *= 1.0 + (_contrast(spec, rng) - 1.0) * np.clip(0.5 + dist / 1.5, 0, 1) * inside
+    mottle = 1.0 + rng.uniform(0.05, 0.12) * _field(rng, rho.shape, (0.7, 2.5, 2.5))
+    lesion = _contrast(spec, rng) * mottle - 1.0  # heterogeneous, like real metastases
+    img[box] *= 1.0 + lesion * np.clip(0.5 + dist / 1.5, 0, 1) * inside
     labels[box][(dist >= 0) & inside] = LABELS["tumor"]
 
 
@@ -236,7 +247,7 @@ def _acquire(img: np.ndarray, body: np.ndarray, spec: PhantomSpec,
     """Apply texture, partial-volume blur, bias field and Rician noise; return float32."""
     nx, ny, nz = img.shape
     texture = 0.06 * _field(rng, img.shape, (0.5, 3.0, 3.0))
-    img *= 1.0 + texture + 0.09 * _field(rng, img.shape, (1.0, 10.0, 10.0)) * body
+    img *= 1.0 + texture + 0.05 * _field(rng, img.shape, (1.0, 10.0, 10.0)) * body
     img = ndimage.gaussian_filter(img, (0.0, 0.6, 0.6))
     ramp = rng.uniform(0.3, 1.0) * (0.5 - np.arange(ny, dtype=np.float32) / ny)[None, :, None]
     bias = ramp + 0.3 * _field(rng, img.shape, (2.0 * nx, ny / 3, nz / 3))
@@ -345,17 +356,18 @@ def write_phantom_dataset(root: str | Path, n_volumes: int, spec: PhantomSpec, s
     if _is_cached(root, meta):
         log.info("Reusing cached phantom dataset %s", root)
         return root
-    if root.exists() and any(root.iterdir()) and not (root / META_NAME).is_file():
+    if root.exists() and not (root / META_NAME).is_file() and (
+            not root.is_dir() or any(root.iterdir())):
         raise FileExistsError(f"{root} is not a phantom dataset; refusing to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-    old = root.with_name(f".{root.name}.old-{os.getpid()}")
+    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
     try:
         log.info("Writing %d phantom volumes to %s", n_volumes, root)
         _write_all(tmp, spec, meta)
         os.chmod(tmp, 0o755)
         if root.exists():
-            os.replace(root, old)
+            os.replace(root, old)  # old is an empty dir: rename(2) replaces it
         try:
             os.replace(tmp, root)
         except OSError:

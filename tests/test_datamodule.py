@@ -31,9 +31,14 @@ def test_split_refuses_too_few_volumes():
 
 
 def test_training_patches_are_balanced_and_match_their_labels(dm):
-    ds = dm.train_dataloader().dataset
-    assert dm.balance_log["after"][0] / sum(dm.balance_log["after"]) == pytest.approx(0.6, abs=0.01)
-    assert dm.balance_log["before"][1] == dm.balance_log["after"][1]  # all tumor patches kept
+    loader = dm.train_dataloader()
+    ds, sampler = loader.dataset, loader.sampler
+    epoch0 = np.array(list(sampler))
+    targets = ds.targets[epoch0]
+    assert (targets == 0).mean() == pytest.approx(0.6, abs=0.01)
+    assert (targets == 1).sum() == (ds.targets == 1).sum()  # every tumor patch kept
+    assert dm.balance_log["after"] == np.bincount(targets, minlength=2).tolist()
+    assert dm.balance_log["before"] == np.bincount(ds.targets, minlength=2).tolist()
     # each patch's label follows the 60 % rule on the truth under it
     n = dm.patch_cfg["size"]
     split = dm.splits["train"]
@@ -41,6 +46,19 @@ def test_training_patches_are_balanced_and_match_their_labels(dm):
         vol, s, y, x = row
         fraction = (split.labels[vol][s, y : y + n, x : x + n] == 2).mean()
         assert (fraction >= 0.6) == bool(target)
+
+
+def test_background_is_redrawn_each_epoch_and_reproducible(dm):
+    sampler = dm.train_dataloader().sampler
+    sampler.set_epoch(0)
+    e0 = np.array(list(sampler))
+    e1 = np.array(list(sampler))  # the next epoch, even without set_epoch
+    sampler.set_epoch(0)
+    np.testing.assert_array_equal(np.array(list(sampler)), e0)
+    targets = dm.train_dataloader().dataset.targets
+    assert set(e0[targets[e0] == 1]) == set(e1[targets[e1] == 1])
+    assert set(e0[targets[e0] == 0]) != set(e1[targets[e1] == 0])
+    assert len(e0) == len(e1) == len(sampler)
 
 
 def test_batches_are_gathered_from_the_preprocessed_slices(dm):

@@ -55,6 +55,13 @@ def best_interval_dice(images: list[np.ndarray], masks: list[np.ndarray], bins: 
     return float(dice.max())
 
 
+def test_spec_coerces_config_lists() -> None:
+    spec = PhantomSpec(shape=[8, 64, 96], spacing=[3, 0.5, 0.5], n_vertebrae=3,
+                       tumor_probability=1, max_tumors=2, tumor_radius_px=[4, 8],
+                       tumor_contrast=[0.55, 1.6], noise_sigma=0.03, bias_strength=0.3)
+    assert spec == SPEC and isinstance(spec.shape, tuple) and hash(spec) == hash(SPEC)
+
+
 def test_seed_reproducibility() -> None:
     a_img, a_lab = generate_volume(SPEC, np.random.default_rng(123))
     b_img, b_lab = generate_volume(SPEC, np.random.default_rng(123))
