@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from penn.checkpoint import save_model
@@ -102,6 +103,8 @@ def train(cfg: DictConfig) -> float:
         resume = resume_phase(cfg.ckpt_path)
         pretrain(cfg, net, dm, loggers, resume)
         finetune(cfg, net, dm, loggers, resume)
+        if rank_zero_only.rank != 0:  # DDP: every rank trains; rank 0 alone tests and writes
+            return 0.0
         metrics = evaluate_and_write(cfg, net, dm, out, loggers)
     finally:
         close_loggers(loggers)
