@@ -45,14 +45,24 @@ class SplitVolumes:
         return [v.name for v in self.volumes]
 
 
-def split_cases(names: list[str], val_fraction: float, test_fraction: float, seed: int):
+def split_cases(names: list[str], val_fraction: float, test_fraction: float, seed: int,
+                strata: list[bool] | None = None):  # fmt: skip
     """Splits case names into (train, val, test) by volume with a seeded permutation.
 
-    Val and test each get at least one volume (when there are three or more cases).
+    Val and test each get at least one volume. With ``strata`` (e.g. "holds the target class"),
+    each stratum is shuffled on its own and the strata are interleaved in proportion, so that
+    the validation split used for calibration does not end up without a single target voxel.
     """
     if len(names) < 3:
         raise DataError(f"need at least 3 volumes for train/val/test splits, found {len(names)}")
-    order = np.random.default_rng(seed).permutation(len(names))
+    rng = np.random.default_rng(seed)
+    strata = [False] * len(names) if strata is None else list(strata)
+    rank = np.empty(len(names))
+    for value in set(strata):
+        members = np.flatnonzero(np.array(strata) == value)
+        spread = (np.arange(len(members)) + rng.random()) / len(members)
+        rank[members[rng.permutation(len(members))]] = spread
+    order = np.argsort(rank, kind="stable")
     n_test = max(1, int(round(test_fraction * len(names))))
     n_val = max(1, int(round(val_fraction * len(names))))
     if n_test + n_val >= len(names):
@@ -209,14 +219,19 @@ class PatchDataModule(L.LightningDataModule):
         meta = read_dataset_json(self.root)
         labels_map = {name: int(v) for name, v in meta["labels"].items()}
         self._resolve_classes(labels_map)
-        cases = {c.name: c for c in list_cases(self.root)}
-        train, val, test = split_cases(
-            sorted(cases), self.split_cfg["val"], self.split_cfg["test"], self.split_cfg["seed"]
-        )
-        log.info("split by volume: %d train, %d val, %d test", len(train), len(val), len(test))
         allowed = sorted(labels_map.values())
+        loaded = self._load(list_cases(self.root), allowed)
+        by_name = dict(zip(loaded.names, zip(loaded.volumes, loaded.slices, loaded.labels,
+                                             strict=True), strict=True))
+        targets = [v for values in self.classes for v in values]
+        has_target = [bool(np.isin(lab, targets).any()) for lab in loaded.labels]
+        train, val, test = split_cases(loaded.names, self.split_cfg["val"], self.split_cfg["test"],
+                                       self.split_cfg["seed"], strata=has_target)
+        log.info("split by volume (stratified by presence of the target): %d train, %d val, "
+                 "%d test", len(train), len(val), len(test))
         for name, members in (("train", train), ("val", val), ("test", test)):
-            self.splits[name] = self._load([cases[m] for m in members], allowed)
+            self.splits[name] = SplitVolumes(*map(list, zip(*(by_name[m] for m in members),
+                                                            strict=True)))
 
     def _resolve_classes(self, labels_map: dict[str, int]) -> None:
         if self.target == "all":

@@ -72,6 +72,10 @@ def calibrate(predictions: list[Prediction], truths: list[np.ndarray], inference
         return float(inference["threshold"]), {"method": "fixed"}
     if method != "grid":
         raise ValueError(f"inference.calibration.method={method!r}: use 'grid' or 'fixed'")
+    if not any(t.any() for t in truths):
+        log.warning("the validation split holds no target voxel; keeping the fixed threshold %.2f",
+                    inference["threshold"])
+        return float(inference["threshold"]), {"method": "fixed (no target in validation)"}
     c = inference["calibration"]
     grid = np.round(np.arange(c["low"], c["high"] + 1e-9, c["step"]), 6)
     threshold, dice = calibrate_threshold(

@@ -25,6 +25,16 @@ def test_split_is_by_volume_disjoint_and_seeded():
     assert split_cases(names, 0.12, 0.24, seed=4) != (train, val, test)
 
 
+def test_stratified_split_puts_target_volumes_in_every_split():
+    names = [f"case_{i:02d}" for i in range(16)]
+    has_target = [i < 13 for i in range(16)]  # 3 volumes without the target
+    for seed in range(20):
+        train, val, test = split_cases(names, 0.15, 0.25, seed, strata=has_target)
+        for split in (train, val, test):
+            assert any(has_target[names.index(n)] for n in split)
+        assert sum(not has_target[names.index(n)] for n in train) >= 1
+
+
 def test_split_refuses_too_few_volumes():
     with pytest.raises(DataError, match="at least 3 volumes"):
         split_cases(["a", "b"], 0.2, 0.2, 0)
