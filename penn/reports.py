@@ -1,4 +1,4 @@
-"""Results as files and tables: metrics.json, a Markdown metrics table and overlay images."""
+"""Results as files and figures: metrics.json, a Markdown metrics table, overlays, heatmaps."""
 
 from __future__ import annotations
 
@@ -14,8 +14,17 @@ import numpy as np  # noqa: E402
 
 from penn.io import write_atomic_bytes, write_json  # noqa: E402
 from penn.metrics import METRICS  # noqa: E402
+from penn.tables import Grid  # noqa: E402
 
-__all__ = ["write_metrics", "metrics_table", "overlay_figure", "write_overlays", "pick_slices"]
+__all__ = [
+    "write_metrics",
+    "metrics_table",
+    "overlay_figure",
+    "write_overlays",
+    "pick_slices",
+    "heatmap_figure",
+    "write_heatmaps",
+]
 
 
 def write_metrics(path: str | Path, metrics: dict[str, float]) -> Path:
@@ -91,3 +100,41 @@ def write_overlays(folder: str | Path, name: str, slices: np.ndarray, truth: np.
                              f"{name} slice {s}")
         paths.append(write_atomic_bytes(Path(folder) / f"{name}_slice{s:03d}.png", png))
     return paths
+
+
+def heatmap_figure(grid: Grid) -> bytes:
+    """PNG bytes of one Fig. 6 panel: ``grid.mean`` (%) over rows x cols, each cell annotated.
+
+    Cells show ``mean`` and, under it, ``± std`` when there were two or more seeds; empty cells
+    (no finished job) stay blank.
+    """
+    fig, ax = plt.subplots(figsize=(1.1 * len(grid.cols) + 2.2, 0.8 * len(grid.rows) + 1.6))
+    image = ax.imshow(np.ma.masked_invalid(grid.mean), cmap="viridis", aspect="auto")
+    finite = grid.mean[np.isfinite(grid.mean)]
+    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for i in range(len(grid.rows)):
+        for j in range(len(grid.cols)):
+            mean, std = grid.mean[i, j], grid.std[i, j]
+            if np.isnan(mean):
+                continue
+            text = f"{mean:.1f}" if np.isnan(std) else f"{mean:.1f}\n± {std:.1f}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+                    color="black" if mean > middle else "white")
+    ax.set_xticks(range(len(grid.cols)), [str(c) for c in grid.cols])
+    ax.set_yticks(range(len(grid.rows)), [str(r) for r in grid.rows])
+    ax.set_xlabel(grid.col_key)
+    ax.set_ylabel(grid.row_key)
+    ax.set_title(f"{grid.metric} (%), mean over seeds")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    buffer = _bytesio.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_heatmaps(folder: str | Path, grids: list[Grid]) -> list[Path]:
+    """Writes one heatmap PNG per grid, named after its metric (``test_pixel_dice.png``)."""
+    return [write_atomic_bytes(Path(folder) / f"{g.metric.replace('/', '_')}.png",
+                               heatmap_figure(g))
+            for g in grids]

@@ -1,0 +1,64 @@
+"""Fig. 6: heatmaps of hidden layers x hidden nodes from a `+experiment=sweep_layers` multirun.
+
+    python experiments/fig6_heatmaps.py multirun/sweep_layers/2026-01-01_12-00-00
+    python experiments/fig6_heatmaps.py MULTIRUN_DIR --out docs/results/fig6_phantom
+
+Writes one PNG per metric (mean over seeds in each cell, value annotated), fig6.md (every grid,
+with this command) and fig6.csv (long form) into --out (default: MULTIRUN_DIR/fig6), and prints
+the grids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from penn.metrics import METRICS
+from penn.reports import write_heatmaps
+from penn.tables import collect_runs, grid, grid_csv, grid_markdown, write_text
+
+log = logging.getLogger("fig6_heatmaps")
+
+# the selection criterion of the paper's grid (validation Dice) first, then the six test metrics
+DEFAULT_METRICS = ["val/pixel/dice", *(f"test/pixel/{m}" for m in METRICS)]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("multirun_dir", type=Path, help="folder of the sweep (searched deeply)")
+    parser.add_argument("--out", type=Path, help="output folder (default: MULTIRUN_DIR/fig6)")
+    parser.add_argument("--metrics", nargs="+", default=DEFAULT_METRICS,
+                        help="metric keys of metrics.json, one heatmap each")
+    parser.add_argument("--rows", default="model.n_layers", help="config key of the rows")
+    parser.add_argument("--cols", default="model.n_nodes", help="config key of the columns")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        runs = collect_runs([args.multirun_dir])
+    except (FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        return 1
+    log.info("%d jobs in %s", len(runs), args.multirun_dir)
+    out = args.out or args.multirun_dir / "fig6"
+    grids = [grid(runs, metric, args.rows, args.cols) for metric in args.metrics]
+    for path in write_heatmaps(out, grids):
+        log.info("wrote %s", path)
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "experiments/fig6_heatmaps.py", *given])
+    markdown = "\n\n".join(grid_markdown(g) for g in grids)
+    write_text(out / "fig6.md", f"{markdown}\n\ncommand: `{command}`\n")
+    write_text(out / "fig6.csv", grid_csv(grids))
+    log.info("wrote %s and %s", out / "fig6.md", out / "fig6.csv")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
