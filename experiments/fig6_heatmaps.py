@@ -30,8 +30,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("multirun_dir", type=Path, help="folder of the sweep (searched deeply)")
     parser.add_argument("--out", type=Path, help="output folder (default: MULTIRUN_DIR/fig6)")
-    parser.add_argument("--metrics", nargs="+", default=DEFAULT_METRICS,
-                        help="metric keys of metrics.json, one heatmap each")
+    parser.add_argument(
+        "--metrics",
+        nargs="+",
+        default=DEFAULT_METRICS,
+        help="metric keys of metrics.json, one heatmap each",
+    )
     parser.add_argument("--rows", default="model.n_layers", help="config key of the rows")
     parser.add_argument("--cols", default="model.n_nodes", help="config key of the columns")
     return parser.parse_args(argv)

@@ -26,8 +26,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("multirun_dir", type=Path, nargs="+", help="results folders")
     parser.add_argument("--out", type=Path, help="output folder (default: the first folder)")
     parser.add_argument("--stage", default="test", choices=["test", "val"])
-    parser.add_argument("--level", default="pixel", choices=["pixel", "pixel_pooled", "patch"],
-                        help="pixel: mean over volumes; pixel_pooled: all voxels; patch: patches")
+    parser.add_argument(
+        "--level",
+        default="pixel",
+        choices=["pixel", "pixel_pooled", "patch"],
+        help="pixel: mean over volumes; pixel_pooled: all voxels; patch: patches",
+    )
     return parser.parse_args(argv)
 
 

@@ -58,10 +58,14 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{path}: cannot read model file (truncated or corrupt?): {err}") from err
+        raise CheckpointError(
+            f"{path}: cannot read model file (truncated or corrupt?): {err}"
+        ) from err
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a penn model file (expected format {FORMAT!r}; "
-                              "Lightning .ckpt files are for resuming, use the run's model.pt)")
+        raise CheckpointError(
+            f"{path}: not a penn model file (expected format {FORMAT!r}; "
+            "Lightning .ckpt files are for resuming, use the run's model.pt)"
+        )
     meta = blob.get("meta")
     check_meta(path, meta)
     target = str(meta["net"].get("_target_", ""))
@@ -71,10 +75,14 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     try:
         net.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match the network in its config: {err}") from err
+        raise CheckpointError(
+            f"{path}: weights do not match the network in its config: {err}"
+        ) from err
     if getattr(net, "patch_size", None) != meta["data"]["patches"]["size"]:
-        raise CheckpointError(f"{path}: network patch size {getattr(net, 'patch_size', None)} != "
-                              f"data.patches.size {meta['data']['patches']['size']}")
+        raise CheckpointError(
+            f"{path}: network patch size {getattr(net, 'patch_size', None)} != "
+            f"data.patches.size {meta['data']['patches']['size']}"
+        )
     return net.eval(), meta
 
 
@@ -113,20 +121,26 @@ def check_meta(path: str | Path, meta: object) -> None:
             raise CheckpointError(f"{path}: meta[{dotted!r}] lacks {missing}")
     data, net, inference = meta["data"], meta["net"], meta["inference"]
     if data["plane"] not in PLANE_AXIS:
-        raise CheckpointError(f"{path}: unknown plane {data['plane']!r}; "
-                              f"use one of {list(PLANE_AXIS)}")
+        raise CheckpointError(
+            f"{path}: unknown plane {data['plane']!r}; use one of {list(PLANE_AXIS)}"
+        )
     if net["patch_size"] != data["patches"]["size"]:
-        raise CheckpointError(f"{path}: network patch size {net['patch_size']} != "
-                              f"data.patches.size {data['patches']['size']}")
+        raise CheckpointError(
+            f"{path}: network patch size {net['patch_size']} != "
+            f"data.patches.size {data['patches']['size']}"
+        )
     classes, names = data["classes"], data["class_names"]
     if not classes or len(classes) != len(names):
         raise CheckpointError(f"{path}: {len(classes)} classes but class names {names}")
     expected = 1 if len(classes) == 1 else len(classes) + 1
     if net["n_outputs"] != expected:
-        raise CheckpointError(f"{path}: network has {net['n_outputs']} outputs, "
-                              f"{len(classes)} class(es) need {expected}")
+        raise CheckpointError(
+            f"{path}: network has {net['n_outputs']} outputs, "
+            f"{len(classes)} class(es) need {expected}"
+        )
     if expected == 1 and not isinstance(inference["threshold"], (int, float)):
         raise CheckpointError(f"{path}: binary model without a numeric inference.threshold")
     if not (isinstance(inference["stride"], int) and inference["stride"] >= 1):
-        raise CheckpointError(f"{path}: inference.stride must be a positive integer, "
-                              f"got {inference['stride']!r}")
+        raise CheckpointError(
+            f"{path}: inference.stride must be a positive integer, got {inference['stride']!r}"
+        )

@@ -23,8 +23,10 @@ VERBS = {
 
 def usage() -> str:
     verbs = "\n".join(f"  {verb:<9} {text}" for verb, (_, text) in VERBS.items())
-    return (f"usage: penn {{{','.join(VERBS)}}} [key=value ...] [--help]\n\n{verbs}\n\n"
-            "`penn VERB --help` lists that verb's configuration.\n")
+    return (
+        f"usage: penn {{{','.join(VERBS)}}} [key=value ...] [--help]\n\n{verbs}\n\n"
+        "`penn VERB --help` lists that verb's configuration.\n"
+    )
 
 
 def run_as_main(module: str, argv: list[str], prog: str) -> None:

@@ -45,8 +45,10 @@ def class_volumes(labels: np.ndarray, class_names: list[str],
     """
     counts = np.bincount(labels.ravel(), minlength=len(class_names) + 1)
     unit = voxel_volume_ml(affine)
-    return {name: {"voxels": int(counts[k]), "ml": float(counts[k]) * unit}
-            for k, name in enumerate(class_names, start=1)}
+    return {
+        name: {"voxels": int(counts[k]), "ml": float(counts[k]) * unit}
+        for k, name in enumerate(class_names, start=1)
+    }
 
 
 def _world(affine: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -118,9 +120,14 @@ def tumor_lesions(mask: np.ndarray, affine: np.ndarray, connectivity: int,
         if bodies is not None:
             touched = np.unique(bodies[box][ndimage.binary_dilation(lesion, grow)])
             levels = [f"VB{int(i)}" for i in touched if i > 0]
-        lesions.append({"voxels": voxels, "ml": voxels * unit,
-                        "centroid_ras_mm": [round(float(v), 2) for v in _world(affine, centroid)],
-                        "levels": levels})
+        lesions.append(
+            {
+                "voxels": voxels,
+                "ml": voxels * unit,
+                "centroid_ras_mm": [round(float(v), 2) for v in _world(affine, centroid)],
+                "levels": levels,
+            }
+        )
     lesions.sort(key=lambda d: -d["voxels"])
     for i, lesion in enumerate(lesions, start=1):
         lesion["id"] = i
@@ -129,8 +136,11 @@ def tumor_lesions(mask: np.ndarray, affine: np.ndarray, connectivity: int,
 
 def report_row(report: dict) -> dict[str, object]:
     """One flat CSV row of a scan's report (volumes in mL, levels joined by ``;``)."""
-    row: dict[str, object] = {"name": report["name"], "input": report["input"],
-                              "voxel_volume_ml": report["voxel_volume_ml"]}
+    row: dict[str, object] = {
+        "name": report["name"],
+        "input": report["input"],
+        "voxel_volume_ml": report["voxel_volume_ml"],
+    }
     for name, volume in report["volumes"].items():
         row[f"{name}_ml"] = round(volume["ml"], 4)
     tumor = report["tumor"]

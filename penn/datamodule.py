@@ -207,8 +207,11 @@ class PatchDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.phantom is not None:
-            spec = {k: tuple(v) if isinstance(v, list) else v
-                    for k, v in self.phantom.items() if k not in ("n_volumes", "seed")}
+            spec = {
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in self.phantom.items()
+                if k not in ("n_volumes", "seed")
+            }
             write_phantom_dataset(
                 self.root, self.phantom["n_volumes"], PhantomSpec(**spec), self.phantom["seed"]
             )
@@ -221,17 +224,32 @@ class PatchDataModule(L.LightningDataModule):
         self._resolve_classes(labels_map)
         allowed = sorted(labels_map.values())
         loaded = self._load(list_cases(self.root), allowed)
-        by_name = dict(zip(loaded.names, zip(loaded.volumes, loaded.slices, loaded.labels,
-                                             strict=True), strict=True))
+        by_name = dict(
+            zip(
+                loaded.names,
+                zip(loaded.volumes, loaded.slices, loaded.labels, strict=True),
+                strict=True,
+            )
+        )
         targets = [v for values in self.classes for v in values]
         has_target = [bool(np.isin(lab, targets).any()) for lab in loaded.labels]
-        train, val, test = split_cases(loaded.names, self.split_cfg["val"], self.split_cfg["test"],
-                                       self.split_cfg["seed"], strata=has_target)
-        log.info("split by volume (stratified by presence of the target): %d train, %d val, "
-                 "%d test", len(train), len(val), len(test))
+        train, val, test = split_cases(
+            loaded.names,
+            self.split_cfg["val"],
+            self.split_cfg["test"],
+            self.split_cfg["seed"],
+            strata=has_target,
+        )
+        log.info(
+            "split by volume (stratified by presence of the target): %d train, %d val, %d test",
+            len(train),
+            len(val),
+            len(test),
+        )
         for name, members in (("train", train), ("val", val), ("test", test)):
-            self.splits[name] = SplitVolumes(*map(list, zip(*(by_name[m] for m in members),
-                                                            strict=True)))
+            self.splits[name] = SplitVolumes(
+                *map(list, zip(*(by_name[m] for m in members), strict=True))
+            )
 
     def _resolve_classes(self, labels_map: dict[str, int]) -> None:
         if self.target == "all":
@@ -242,11 +260,15 @@ class PatchDataModule(L.LightningDataModule):
             values = list(self.targets[self.target])
             unknown = set(values) - set(labels_map.values())
             if unknown:
-                raise DataError(f"{self.root / 'dataset.json'}: target {self.target!r} uses "
-                                f"label values {sorted(unknown)} not in its labels {labels_map}")
+                raise DataError(
+                    f"{self.root / 'dataset.json'}: target {self.target!r} uses "
+                    f"label values {sorted(unknown)} not in its labels {labels_map}"
+                )
             self.classes, self.class_names = [values], [self.target]
         else:
-            raise ValueError(f"data.target={self.target!r}: use 'all' or one of {list(self.targets)}")
+            raise ValueError(
+                f"data.target={self.target!r}: use 'all' or one of {list(self.targets)}"
+            )
 
     def _load(self, cases, allowed: list[int]) -> SplitVolumes:
         split = SplitVolumes([], [], [])
@@ -261,8 +283,9 @@ class PatchDataModule(L.LightningDataModule):
     def patch_labels(self, labels: np.ndarray) -> np.ndarray:
         """Patch classes of one volume's (S, H, W) labels on the training grid."""
         p = self.patch_cfg
-        return label_patches(labels, self.classes, p["size"], p["stride"], p["rule"],
-                             p["threshold"])
+        return label_patches(
+            labels, self.classes, p["size"], p["stride"], p["rule"], p["threshold"]
+        )
 
     def _index(self, split: SplitVolumes) -> tuple[np.ndarray, np.ndarray]:
         """All patch positions of a split as (N, 4) rows (volume, slice, y, x) and their classes."""
@@ -284,34 +307,46 @@ class PatchDataModule(L.LightningDataModule):
             keep = np.sort(rng.choice(len(index), self.loader_cfg["max_eval_patches"], False))
             index, targets = index[keep], targets[keep]
         if len(index) == 0:
-            raise DataError(f"{self.root}: the {name} split yields no {self.patch_cfg['size']}px "
-                            "patches (slices smaller than a patch?)")
+            raise DataError(
+                f"{self.root}: the {name} split yields no {self.patch_cfg['size']}px "
+                "patches (slices smaller than a patch?)"
+            )
         augment = self.augment if name == "train" else None
         return PatchDataset(split.slices, index, targets, self.patch_cfg["size"], augment)
 
     def _balanced_sampler(self, dataset: PatchDataset) -> BalancedSampler:
         """Training sampler (paper step 4, T1MRI); logs the class counts before and after."""
-        sampler = BalancedSampler(dataset.targets, self.balance_ratio, self.split_cfg["seed"],
-                                  self.resample_each_epoch)
+        sampler = BalancedSampler(
+            dataset.targets, self.balance_ratio, self.split_cfg["seed"], self.resample_each_epoch
+        )
         before = class_counts(dataset.targets, self.n_classes)
         after = class_counts(dataset.targets[sampler._draw(0)], self.n_classes)
         self.balance_log = {"before": before.tolist(), "after": after.tolist()}
-        log.info("training patches per class before balancing %s (%s), after %s (%s)%s",
-                 before.tolist(), np.round(before / before.sum(), 3).tolist(), after.tolist(),
-                 np.round(after / after.sum(), 3).tolist(),
-                 ", background redrawn every epoch" if self.resample_each_epoch else "")
+        log.info(
+            "training patches per class before balancing %s (%s), after %s (%s)%s",
+            before.tolist(),
+            np.round(before / before.sum(), 3).tolist(),
+            after.tolist(),
+            np.round(after / after.sum(), 3).tolist(),
+            ", background redrawn every epoch" if self.resample_each_epoch else "",
+        )
         return sampler
 
     def _loader(self, name: str) -> DataLoader:
         cfg = self.loader_cfg
         workers, dataset = cfg["num_workers"], self._dataset(name)
         train = name == "train"
-        return DataLoader(dataset, batch_size=cfg["batch_size"],
-                          sampler=self._balanced_sampler(dataset) if train else None,
-                          num_workers=workers, collate_fn=_identity,
-                          pin_memory=cfg["pin_memory"] and torch.cuda.is_available(),
-                          persistent_workers=workers > 0, drop_last=train,
-                          generator=torch.Generator().manual_seed(int(self.split_cfg["seed"])))
+        return DataLoader(
+            dataset,
+            batch_size=cfg["batch_size"],
+            sampler=self._balanced_sampler(dataset) if train else None,
+            num_workers=workers,
+            collate_fn=_identity,
+            pin_memory=cfg["pin_memory"] and torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            drop_last=train,
+            generator=torch.Generator().manual_seed(int(self.split_cfg["seed"])),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -43,8 +43,9 @@ def _read_slices(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
         try:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError, EOFError, ValueError) as err:
-            raise DataError(f"{path}: not a readable DICOM file "
-                            f"({type(err).__name__}: {err})") from err
+            raise DataError(
+                f"{path}: not a readable DICOM file ({type(err).__name__}: {err})"
+            ) from err
         missing = [k for k in _GEOMETRY if k not in ds]
         if missing:
             raise DataError(f"{path}: DICOM slice lacks {missing}")
@@ -87,8 +88,10 @@ def _slice_step(path: Path, positions: np.ndarray, normal: np.ndarray, ds) -> np
     if np.any(gaps < 1e-3):
         raise DataError(f"{path}: two slices share position {positions[np.argmin(gaps)].tolist()}")
     if np.ptp(gaps) > 1e-2 * gaps.mean() + 1e-3:
-        raise DataError(f"{path}: slice spacing is not uniform ({gaps.min():.3f} to "
-                        f"{gaps.max():.3f} mm); cannot build one affine")
+        raise DataError(
+            f"{path}: slice spacing is not uniform ({gaps.min():.3f} to "
+            f"{gaps.max():.3f} mm); cannot build one affine"
+        )
     return (positions[-1] - positions[0]) / (len(positions) - 1)
 
 
@@ -115,8 +118,9 @@ def read_dicom_series(folder: str | Path, name: str | None = None) -> Volume:
     orientation = np.asarray(ds0.ImageOrientationPatient, float)
     for path, ds in slices:
         if (ds.Rows, ds.Columns) != (ds0.Rows, ds0.Columns):
-            raise DataError(f"{path}: {ds.Rows}x{ds.Columns} pixels != {path0.name} "
-                            f"{ds0.Rows}x{ds0.Columns}")
+            raise DataError(
+                f"{path}: {ds.Rows}x{ds.Columns} pixels != {path0.name} {ds0.Rows}x{ds0.Columns}"
+            )
         if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), orientation, atol=1e-4):
             raise DataError(f"{path}: ImageOrientationPatient differs from {path0.name}")
     normal = np.cross(orientation[:3], orientation[3:])
@@ -130,8 +134,9 @@ def read_dicom_series(folder: str | Path, name: str | None = None) -> Volume:
         try:
             pixels = ds.pixel_array.astype(np.float64)
         except (AttributeError, ValueError, RuntimeError, NotImplementedError) as err:
-            raise DataError(f"{path}: cannot decode pixel data "
-                            f"({type(err).__name__}: {err})") from err
+            raise DataError(
+                f"{path}: cannot decode pixel data ({type(err).__name__}: {err})"
+            ) from err
         if pixels.shape != (ds0.Rows, ds0.Columns):
             raise DataError(f"{path}: pixel data of shape {pixels.shape}, expected one 2D frame")
         slope = float(ds.get("RescaleSlope", 1) or 1)

@@ -1,6 +1,6 @@
 """Entry point: score a trained model on every labelled volume of a dataset.
 
-    python -m penn.evaluate ckpt=outputs/train/<run>/model.pt data.root=../shared/data/lumbar-vb
+python -m penn.evaluate ckpt=outputs/train/<run>/model.pt data.root=../shared/data/lumbar-vb
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ def resolve_classes(cfg: DictConfig, meta: dict) -> list[list[int]]:
     if cfg.data.target is None:
         return trained
     if len(trained) != 1:
-        raise ValueError(f"data.target={cfg.data.target!r} needs a binary model; this one has "
-                         f"classes {meta['data']['class_names']}")
+        raise ValueError(
+            f"data.target={cfg.data.target!r} needs a binary model; this one has "
+            f"classes {meta['data']['class_names']}"
+        )
     if cfg.data.target not in cfg.data.targets:
         raise ValueError(f"data.target={cfg.data.target!r} is not one of {list(cfg.data.targets)}")
     return [list(cfg.data.targets[cfg.data.target])]
@@ -37,7 +39,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Segments and scores every case of ``cfg.data.root``; writes ``metrics.json``."""
     net, meta = load_model(cfg.ckpt)
     data, inference = meta["data"], dict(meta["inference"])
-    inference.update({k: v for k, v in OmegaConf.to_container(cfg.inference).items() if v is not None})
+    inference.update(
+        {k: v for k, v in OmegaConf.to_container(cfg.inference).items() if v is not None}
+    )
     classes = resolve_classes(cfg, meta)
     root = Path(cfg.data.root)
     allowed = sorted(int(v) for v in read_dataset_json(root)["labels"].values())
@@ -50,8 +54,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise DataError(f"{root}: no labelled volumes")
     predictions = predict_volumes(net, slices, inference)
     names = data["class_names"] if cfg.data.target is None else [cfg.data.target]
-    metrics, _ = score(predictions, labels, classes, names, data["patches"], inference,
-                       inference["threshold"], "test")
+    metrics, _ = score(
+        predictions,
+        labels,
+        classes,
+        names,
+        data["patches"],
+        inference,
+        inference["threshold"],
+        "test",
+    )
     out = Path(cfg.paths.output_dir)
     write_metrics(out / "metrics.json", metrics)
     print(f"\n{metrics_table(metrics)}\n\nmetrics: {out / 'metrics.json'}")  # the one print

@@ -48,8 +48,16 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict) -> list[Pred
     """Dense probabilities for each volume's (S, H, W) slices at ``inference['stride']``."""
     net = net.eval().to(default_device())
     return [
-        Prediction(*segment_slices(net, s, inference["stride"], inference["batch_slices"],
-                                   default_device(), progress=True))
+        Prediction(
+            *segment_slices(
+                net,
+                s,
+                inference["stride"],
+                inference["batch_slices"],
+                default_device(),
+                progress=True,
+            )
+        )
         for s in slices
     ]
 
@@ -73,8 +81,10 @@ def calibrate(predictions: list[Prediction], truths: list[np.ndarray], inference
     if method != "grid":
         raise ValueError(f"inference.calibration.method={method!r}: use 'grid' or 'fixed'")
     if not any(t.any() for t in truths):
-        log.warning("the validation split holds no target voxel; keeping the fixed threshold %.2f",
-                    inference["threshold"])
+        log.warning(
+            "the validation split holds no target voxel; keeping the fixed threshold %.2f",
+            inference["threshold"],
+        )
         return float(inference["threshold"]), {"method": "fixed (no target in validation)"}
     c = inference["calibration"]
     grid = np.round(np.arange(c["low"], c["high"] + 1e-9, c["step"]), 6)
@@ -101,7 +111,9 @@ def score(predictions: list[Prediction], labels: list[np.ndarray], classes: list
         counts = confusion_counts(pred.labels, truth, n_classes)
         per_volume.append(counts)
         rows.append(counts.tolist())
-        patch_truth = label_patches(raw, classes, size, stride, patches["rule"], patches["threshold"])
+        patch_truth = label_patches(
+            raw, classes, size, stride, patches["rule"], patches["threshold"]
+        )
         ny, nx = patch_truth.shape[1:]
         patch_pred = decide(pred.patch_probs[:, :, :ny, :nx], threshold)
         patch_total += confusion_counts(patch_pred, patch_truth, n_classes)

@@ -71,8 +71,12 @@ def _spread(patch_values: torch.Tensor, patch_size: int, stride: int) -> torch.T
 
 @torch.inference_mode()
 def segment_slices(
-    net: StackedSparseAutoencoder, slices: np.ndarray, stride: int, batch_slices: int,
-    device: str | torch.device = "cpu", progress: bool = False,
+    net: StackedSparseAutoencoder,
+    slices: np.ndarray,
+    stride: int,
+    batch_slices: int,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of every pixel of a stack of slices.
 

@@ -1,7 +1,8 @@
 """Reading and writing NIfTI volumes in the nnU-Net raw layout.
 
 Every volume is reoriented to the closest canonical (RAS+) orientation on reading, so axis 0 runs
-left-right (``image[x]`` is a sagittal slice), axis 1 posterior-anterior and axis 2 inferior-superior.
+left-right (``image[x]`` is a sagittal slice), axis 1 posterior-anterior, axis 2
+inferior-superior.
 The original affine and header are kept so results can be written back in the scan's own space.
 Every bad input raises :class:`DataError` with the file and the problem in its message.
 """

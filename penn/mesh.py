@@ -33,8 +33,9 @@ def surface_mesh(mask: np.ndarray, affine: np.ndarray,
     if not mask.any():
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
     padded = np.pad(mask.astype(np.float32), 1)
-    verts, faces, _, _ = measure.marching_cubes(padded, level=0.5, spacing=(1.0, 1.0, 1.0),
-                                                step_size=step_size, allow_degenerate=False)
+    verts, faces, _, _ = measure.marching_cubes(
+        padded, level=0.5, spacing=(1.0, 1.0, 1.0), step_size=step_size, allow_degenerate=False
+    )
     voxel = verts - 1.0  # undo the padding
     world = voxel @ affine[:3, :3].T + affine[:3, 3]
     # skimage's winding makes normals (right-hand rule) point into the object; reverse it so they
@@ -65,8 +66,9 @@ def stl_bytes(vertices: np.ndarray, faces: np.ndarray, comment: str = "penn") ->
     normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
     lengths = np.linalg.norm(normals, axis=1, keepdims=True)
     normals = np.divide(normals, lengths, out=np.zeros_like(normals), where=lengths > 0)
-    records = np.zeros(len(faces), dtype=[("normal", "<f4", (3,)), ("v", "<f4", (3, 3)),
-                                          ("attr", "<u2")])
+    records = np.zeros(
+        len(faces), dtype=[("normal", "<f4", (3,)), ("v", "<f4", (3, 3)), ("attr", "<u2")]
+    )
     records["normal"], records["v"] = normals, triangles
     header = comment.encode("ascii")[:80].ljust(80, b" ")
     if header.startswith(b"solid"):  # an ASCII-STL marker would mislead readers

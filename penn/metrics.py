@@ -59,8 +59,9 @@ def metrics_from_counts(tp: float, fp: float, tn: float, fn: float) -> dict[str,
     }
 
 
-def confusion_counts(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor,
-                     n_classes: int) -> np.ndarray:
+def confusion_counts(
+    pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor, n_classes: int
+) -> np.ndarray:
     """Per-class one-vs-rest counts of a class map against the truth.
 
     Args:
@@ -76,7 +77,9 @@ def confusion_counts(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.
     if tuple(pred.shape) != tuple(truth.shape):
         raise ValueError(f"prediction shape {tuple(pred.shape)} != truth {tuple(truth.shape)}")
     stat = MulticlassStatScores(num_classes=n_classes, average=None, validate_args=False)
-    counts = stat(torch.as_tensor(pred).reshape(-1).long(), torch.as_tensor(truth).reshape(-1).long())
+    counts = stat(
+        torch.as_tensor(pred).reshape(-1).long(), torch.as_tensor(truth).reshape(-1).long()
+    )
     return counts[:, :4].numpy().astype(np.int64)
 
 
@@ -87,15 +90,24 @@ def patch_metric_collection(n_classes: int, prefix: str) -> MetricCollection:
     probabilities and are macro-averaged over the foreground classes' scores.
     """
     if n_classes == 2:
-        metrics = {"precision": BinaryPrecision(), "recall": BinaryRecall(),
-                   "accuracy": BinaryAccuracy(), "f1": BinaryF1Score(),
-                   "iou": BinaryJaccardIndex(), "dice": BinaryF1Score()}
+        metrics = {
+            "precision": BinaryPrecision(),
+            "recall": BinaryRecall(),
+            "accuracy": BinaryAccuracy(),
+            "f1": BinaryF1Score(),
+            "iou": BinaryJaccardIndex(),
+            "dice": BinaryF1Score(),
+        }
     else:
         kw = {"num_classes": n_classes, "average": "macro"}
-        metrics = {"precision": MulticlassPrecision(**kw), "recall": MulticlassRecall(**kw),
-                   "accuracy": MulticlassAccuracy(num_classes=n_classes, average="micro"),
-                   "f1": MulticlassF1Score(**kw), "iou": MulticlassJaccardIndex(**kw),
-                   "dice": MulticlassF1Score(**kw)}
+        metrics = {
+            "precision": MulticlassPrecision(**kw),
+            "recall": MulticlassRecall(**kw),
+            "accuracy": MulticlassAccuracy(num_classes=n_classes, average="micro"),
+            "f1": MulticlassF1Score(**kw),
+            "iou": MulticlassJaccardIndex(**kw),
+            "dice": MulticlassF1Score(**kw),
+        }
     return MetricCollection(metrics, prefix=prefix)
 
 
@@ -122,8 +134,10 @@ def summarize(
     out: dict[str, float] = {}
     pooled = np.sum(per_volume, axis=0)
     levels = {
-        "pixel": lambda c: {m: float(np.nanmean(v)) if not np.all(np.isnan(v)) else math.nan
-                            for m, v in _per_volume_table(per_volume, c).items()},
+        "pixel": lambda c: {
+            m: float(np.nanmean(v)) if not np.all(np.isnan(v)) else math.nan
+            for m, v in _per_volume_table(per_volume, c).items()
+        },
         "pixel_pooled": lambda c: metrics_from_counts(*pooled[c]),
         "patch": lambda c: metrics_from_counts(*patch_counts[c]),
     }

@@ -56,11 +56,20 @@ class PhantomSpec:
 
     def __post_init__(self) -> None:
         """Coerce config containers (lists, OmegaConf nodes) to plain tuples and numbers."""
-        for name, kind in (("shape", int), ("spacing", float), ("tumor_radius_px", float),
-                           ("tumor_contrast", float)):
+        for name, kind in (
+            ("shape", int),
+            ("spacing", float),
+            ("tumor_radius_px", float),
+            ("tumor_contrast", float),
+        ):
             object.__setattr__(self, name, tuple(kind(v) for v in getattr(self, name)))
-        for name, kind in (("n_vertebrae", int), ("max_tumors", int), ("tumor_probability", float),
-                           ("noise_sigma", float), ("bias_strength", float)):
+        for name, kind in (
+            ("n_vertebrae", int),
+            ("max_tumors", int),
+            ("tumor_probability", float),
+            ("noise_sigma", float),
+            ("bias_strength", float),
+        ):
             object.__setattr__(self, name, kind(getattr(self, name)))
 
 
@@ -81,18 +90,24 @@ class _Geom:
     hh: np.ndarray  # (n,) I-S half heights
 
 
-def _field(rng: np.random.Generator, shape: tuple[int, ...], sigma: tuple[float, ...],
-           ) -> np.ndarray:
+def _field(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    sigma: tuple[float, ...],
+) -> np.ndarray:
     """Smooth Gaussian random field, zero mean and unit std; sigma in voxels per axis.
 
     Large-scale fields are filtered on a coarse grid and interpolated up, for speed.
     """
     step = [max(1, int(s // 2)) for s in sigma]
-    coarse = tuple(n if k == 1 else max(2, -(-n // k) + 1)
-                   for n, k in zip(shape, step, strict=True))
-    f = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32),
-                                [max(s / k, 0.3) for s, k in zip(sigma, step, strict=True)],
-                                mode="wrap")
+    coarse = tuple(
+        n if k == 1 else max(2, -(-n // k) + 1) for n, k in zip(shape, step, strict=True)
+    )
+    f = ndimage.gaussian_filter(
+        rng.standard_normal(coarse, dtype=np.float32),
+        [max(s / k, 0.3) for s, k in zip(sigma, step, strict=True)],
+        mode="wrap",
+    )
     if coarse != tuple(shape):
         order = 3 if np.prod(shape) <= 2**18 else 1  # cubic for small windows, linear for speed
         f = ndimage.zoom(f, [n / c for n, c in zip(shape, coarse, strict=True)], order=order)
@@ -108,12 +123,19 @@ def _sample_geometry(spec: PhantomSpec, rng: np.random.Generator) -> _Geom:
     yc = ny * rng.uniform(0.55, 0.6) + amp * (0.5 - t**2) + tilt * t
     pitch = nz / (n + 0.1) * rng.uniform(0.97, 1.05)
     zc = (nz - (n - 1) * pitch) / 2 + rng.uniform(-0.1, 0.1) * pitch + pitch * np.arange(n)
-    return _Geom(x=np.arange(nx, dtype=np.float32)[:, None, None],
-                 y=np.arange(ny, dtype=np.float32)[None, :, None], z=z, yc=yc,
-                 slope=np.gradient(yc), xc=(nx - 1) / 2 + rng.uniform(-0.05, 0.05) * nx,
-                 rx=rng.uniform(0.3, 0.35) * nx, pitch=pitch,
-                 zc=zc + rng.normal(0.0, 0.02 * pitch, n), hw=ny * rng.uniform(0.145, 0.165, n),
-                 hh=pitch * rng.uniform(0.38, 0.43, n))
+    return _Geom(
+        x=np.arange(nx, dtype=np.float32)[:, None, None],
+        y=np.arange(ny, dtype=np.float32)[None, :, None],
+        z=z,
+        yc=yc,
+        slope=np.gradient(yc),
+        xc=(nx - 1) / 2 + rng.uniform(-0.05, 0.05) * nx,
+        rx=rng.uniform(0.3, 0.35) * nx,
+        pitch=pitch,
+        zc=zc + rng.normal(0.0, 0.02 * pitch, n),
+        hw=ny * rng.uniform(0.145, 0.165, n),
+        hh=pitch * rng.uniform(0.38, 0.43, n),
+    )
 
 
 def _frame(g: _Geom, zc: float) -> tuple[float, float, float]:
@@ -134,19 +156,33 @@ def _superellipse(g: _Geom, zc: float, hw: float, hh: float, p: float) -> tuple[
     along, across = dy * ty + dz * tz, dy * tz - dz * ty
     r2 = ((g.x - g.xc) / g.rx) ** 2
     w = np.sqrt(np.clip(1.0 - r2, 0.0, None))
-    q = (np.abs((across - hw * (w - 1.0)) / np.maximum(hw * w, 1e-3)) ** p
-         + np.abs(along / (hh * (1.0 - 0.1 * r2))) ** p)
+    q = (
+        np.abs((across - hw * (w - 1.0)) / np.maximum(hw * w, 1e-3)) ** p
+        + np.abs(along / (hh * (1.0 - 0.1 * r2))) ** p
+    )
     q[w[:, 0, 0] < 0.25] = np.inf
     return win, q
 
 
-def _ellipsoid(img: np.ndarray, g: _Geom, val: float, v: float, zc: float, hv: float,
-               hz: float, dx: float, hx: float) -> None:
+def _ellipsoid(
+    img: np.ndarray,
+    g: _Geom,
+    val: float,
+    v: float,
+    zc: float,
+    hv: float,
+    hz: float,
+    dx: float,
+    hx: float,
+) -> None:
     """Paint ``val`` in an ellipsoid at A-P offset v from the centreline, L-R offset dx."""
     win = slice(max(0, int(zc - hz)), max(0, min(len(g.z), int(zc + hz) + 2)))
     hv, hz = max(hv, 0.5), max(hz, 0.5)
-    q = (((g.y - g.yc[win] - v) / hv) ** 2 + ((g.z[win] - zc) / hz) ** 2
-         + ((g.x - g.xc - dx) / hx) ** 2)
+    q = (
+        ((g.y - g.yc[win] - v) / hv) ** 2
+        + ((g.z[win] - zc) / hz) ** 2
+        + ((g.x - g.xc - dx) / hx) ** 2
+    )
     img[:, :, win][q <= 1.0] = val
 
 
@@ -172,11 +208,29 @@ def _paint_canal(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> None:
     levels = np.r_[g.zc[0] - g.pitch, g.zc, g.zc[-1] + g.pitch]
     for zc, hh in zip(levels, np.r_[g.hh[0], g.hh, g.hh[-1]], strict=True):
         for val, d in ((0.3, 0.0), (rng.uniform(0.8, 1.05), 1.5)):  # cortex, then marrow
-            _ellipsoid(img, g, val, front - width - 0.1 * ny, zc - 0.25 * g.pitch,
-                       0.1 * ny - d, 0.6 * hh - d, 0.0, max(1.5, 0.1 * nx))  # spinous process
+            _ellipsoid(
+                img,
+                g,
+                val,
+                front - width - 0.1 * ny,
+                zc - 0.25 * g.pitch,
+                0.1 * ny - d,
+                0.6 * hh - d,
+                0.0,
+                max(1.5, 0.1 * nx),
+            )  # spinous process
             for side in (-1, 1):  # pedicles / facets, seen in lateral slices
-                _ellipsoid(img, g, val, front - 0.5 * width, zc + 0.3 * hh, 0.7 * width - d,
-                           0.4 * hh - d, side * 0.27 * nx, 0.12 * nx)
+                _ellipsoid(
+                    img,
+                    g,
+                    val,
+                    front - 0.5 * width,
+                    zc + 0.3 * hh,
+                    0.7 * width - d,
+                    0.4 * hh - d,
+                    side * 0.27 * nx,
+                    0.12 * nx,
+                )
     mid = front - 0.5 * width
     _ellipsoid(img, g, rng.uniform(1.35, 1.7), mid, nz / 2, 0.5 * width + 0.02 * ny, 4 * nz, 0, hx)
     _ellipsoid(img, g, rng.uniform(1.9, 2.3), mid, nz / 2, 0.5 * width, 4 * nz, 0.0, hx)  # CSF
@@ -214,20 +268,34 @@ def _contrast(spec: PhantomSpec, rng: np.random.Generator) -> float:
     return float(rng.uniform(*parts[rng.integers(len(parts))]))
 
 
-def _paint_tumor(img: np.ndarray, labels: np.ndarray, body_id: np.ndarray, g: _Geom,
-                 spec: PhantomSpec, rng: np.random.Generator) -> None:
+def _paint_tumor(
+    img: np.ndarray,
+    labels: np.ndarray,
+    body_id: np.ndarray,
+    g: _Geom,
+    spec: PhantomSpec,
+    rng: np.random.Generator,
+) -> None:
     """Insert one noise-deformed ellipsoidal lesion clipped to one vertebral body."""
     ok = np.flatnonzero((g.zc - 0.6 * g.hh >= 0) & (g.zc + 0.6 * g.hh < img.shape[2]))
     j = int(rng.choice(ok)) if len(ok) else int(rng.integers(len(g.zc)))
     ry = rng.uniform(*spec.tumor_radius_px)
-    rad = (max(0.8, ry * spec.spacing[1] / spec.spacing[0] * rng.uniform(0.7, 1.2)), ry,
-           ry * rng.uniform(0.75, 1.3))
+    rad = (
+        max(0.8, ry * spec.spacing[1] / spec.spacing[0] * rng.uniform(0.7, 1.2)),
+        ry,
+        ry * rng.uniform(0.75, 1.3),
+    )
     along, across = rng.uniform(-0.5, 0.5) * g.hh[j], rng.uniform(-0.45, 0.45) * g.hw[j]
     y0, ty, tz = _frame(g, g.zc[j])
-    ctr = (g.xc + rng.uniform(-0.4, 0.4) * g.rx, y0 + along * ty + across * tz,
-           g.zc[j] + along * tz - across * ty)
-    box = tuple(slice(max(0, int(c - 1.4 * r - 2)), min(n, max(0, int(c + 1.4 * r + 3))))
-                for c, r, n in zip(ctr, rad, img.shape, strict=True))
+    ctr = (
+        g.xc + rng.uniform(-0.4, 0.4) * g.rx,
+        y0 + along * ty + across * tz,
+        g.zc[j] + along * tz - across * ty,
+    )
+    box = tuple(
+        slice(max(0, int(c - 1.4 * r - 2)), min(n, max(0, int(c + 1.4 * r + 3))))
+        for c, r, n in zip(ctr, rad, img.shape, strict=True)
+    )
     grids = np.ogrid[box]
     if any(gr.size == 0 for gr in grids):
         return
@@ -242,8 +310,9 @@ def _paint_tumor(img: np.ndarray, labels: np.ndarray, body_id: np.ndarray, g: _G
     labels[box][(dist >= 0) & inside] = LABELS["tumor"]
 
 
-def _acquire(img: np.ndarray, body: np.ndarray, spec: PhantomSpec,
-             rng: np.random.Generator) -> np.ndarray:
+def _acquire(
+    img: np.ndarray, body: np.ndarray, spec: PhantomSpec, rng: np.random.Generator
+) -> np.ndarray:
     """Apply texture, partial-volume blur, bias field and Rician noise; return float32."""
     nx, ny, nz = img.shape
     texture = 0.06 * _field(rng, img.shape, (0.5, 3.0, 3.0))
@@ -256,8 +325,10 @@ def _acquire(img: np.ndarray, body: np.ndarray, spec: PhantomSpec,
     return (np.hypot(np.clip(img, 0.0, None) + noise[0], noise[1]) * _SCALE).astype(np.float32)
 
 
-def generate_volume_with_body(spec: PhantomSpec, rng: np.random.Generator,
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def generate_volume_with_body(
+    spec: PhantomSpec,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Like :func:`generate_volume`, also returning the body mask (bool) before tumours."""
     g = _sample_geometry(spec, rng)
     img = np.zeros(spec.shape, np.float32)
@@ -288,8 +359,13 @@ def generate_volume(spec: PhantomSpec, rng: np.random.Generator) -> tuple[np.nda
 
 def _meta(spec: PhantomSpec, n_volumes: int, seed: int) -> dict:
     """JSON-normalised cache key of a dataset."""
-    raw = {"generator": "penn.phantom", "version": _VERSION, "spec": asdict(spec),
-           "n_volumes": int(n_volumes), "seed": int(seed)}
+    raw = {
+        "generator": "penn.phantom",
+        "version": _VERSION,
+        "spec": asdict(spec),
+        "n_volumes": int(n_volumes),
+        "seed": int(seed),
+    }
     return json.loads(json.dumps(raw))
 
 
@@ -302,7 +378,8 @@ def _is_cached(root: Path, meta: dict) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return len(cases) == meta["n_volumes"] and all(
-        (root / c[k]).is_file() for c in cases for k in ("image", "label"))
+        (root / c[k]).is_file() for c in cases for k in ("image", "label")
+    )
 
 
 def _save_nifti(path: Path, array: np.ndarray, spacing: tuple[float, float, float]) -> None:
@@ -323,13 +400,23 @@ def _write_all(out: Path, spec: PhantomSpec, meta: dict) -> None:
     for i in range(n):
         case = f"phantom_{i:0{max(3, len(str(n - 1)))}d}"
         image, labels = generate_volume(spec, np.random.default_rng([meta["seed"], i]))
-        entry = {"id": case, "image": f"imagesTr/{case}_0000.nii.gz",
-                 "label": f"labelsTr/{case}.nii.gz", "has_tumor": bool((labels == 2).any())}
+        entry = {
+            "id": case,
+            "image": f"imagesTr/{case}_0000.nii.gz",
+            "label": f"labelsTr/{case}.nii.gz",
+            "has_tumor": bool((labels == 2).any()),
+        }
         _save_nifti(out / entry["image"], image, spec.spacing)
         _save_nifti(out / entry["label"], labels, spec.spacing)
         cases.append(entry)
-    dataset = {"name": "penn_phantom", "channel_names": {"0": "MRI"}, "labels": LABELS,
-               "numTraining": n, "file_ending": ".nii.gz", "cases": cases}
+    dataset = {
+        "name": "penn_phantom",
+        "channel_names": {"0": "MRI"},
+        "labels": LABELS,
+        "numTraining": n,
+        "file_ending": ".nii.gz",
+        "cases": cases,
+    }
     (out / "dataset.json").write_text(json.dumps(dataset, indent=2))
     (out / META_NAME).write_text(json.dumps(meta, indent=2))
 
@@ -356,8 +443,11 @@ def write_phantom_dataset(root: str | Path, n_volumes: int, spec: PhantomSpec, s
     if _is_cached(root, meta):
         log.info("Reusing cached phantom dataset %s", root)
         return root
-    if root.exists() and not (root / META_NAME).is_file() and (
-            not root.is_dir() or any(root.iterdir())):
+    if (
+        root.exists()
+        and not (root / META_NAME).is_file()
+        and (not root.is_dir() or any(root.iterdir()))
+    ):
         raise FileExistsError(f"{root} is not a phantom dataset; refusing to replace it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))

@@ -45,18 +45,22 @@ def check_settings(settings: dict) -> None:
         PredictError: naming the setting and the allowed values.
     """
     if settings["mesh"]["format"] not in FORMATS:
-        raise PredictError(f"mesh.format={settings['mesh']['format']!r}: "
-                           f"use one of {sorted(FORMATS)}")
+        raise PredictError(
+            f"mesh.format={settings['mesh']['format']!r}: use one of {sorted(FORMATS)}"
+        )
     if int(settings["mesh"]["step_size"]) < 1:
         raise PredictError(f"mesh.step_size={settings['mesh']['step_size']}: must be >= 1")
     if int(settings["overlays"]) < 0:
         raise PredictError(f"overlays={settings['overlays']}: must be >= 0")
     if settings["report"]["connectivity"] not in (1, 2, 3):
-        raise PredictError(f"report.connectivity={settings['report']['connectivity']}: "
-                           "use 1, 2 or 3")
+        raise PredictError(
+            f"report.connectivity={settings['report']['connectivity']}: use 1, 2 or 3"
+        )
     if (settings["labels"] or settings["vertebrae"]) and not Path(settings["input"]).is_file():
-        raise PredictError("labels= and vertebrae= belong to a single input file, "
-                           f"but input={settings['input']} is a folder")
+        raise PredictError(
+            "labels= and vertebrae= belong to a single input file, "
+            f"but input={settings['input']} is a folder"
+        )
 
 
 def results_table(reports: list[dict], class_names: list[str]) -> str:
@@ -65,9 +69,12 @@ def results_table(reports: list[dict], class_names: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for report in reports:
         tumor = report["tumor"]
-        cells = [report["name"], *(f"{report['volumes'][n]['ml']:.2f}" for n in class_names),
-                 "n/a" if tumor["components"] is None else str(tumor["components"]),
-                 "n/a" if tumor["levels"] is None else (", ".join(tumor["levels"]) or "-")]
+        cells = [
+            report["name"],
+            *(f"{report['volumes'][n]['ml']:.2f}" for n in class_names),
+            "n/a" if tumor["components"] is None else str(tumor["components"]),
+            "n/a" if tumor["levels"] is None else (", ".join(tumor["levels"]) or "-"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -106,11 +113,21 @@ def predict(cfg: DictConfig) -> list[dict]:
                 continue
             result = segment_volume(net, volume, data, inference, device)
             truth = None if volume.labels is None else class_map(volume.labels, data["classes"])
-            report = build_report(scan, volume, result[1], data["class_names"], vertebrae,
-                                  settings["report"])
+            report = build_report(
+                scan, volume, result[1], data["class_names"], vertebrae, settings["report"]
+            )
             report["model"] = str(settings["ckpt"])
-            path = write_scan(out, scan, volume, result, truth, report, data["class_names"],
-                              data["plane"], settings)
+            path = write_scan(
+                out,
+                scan,
+                volume,
+                result,
+                truth,
+                report,
+                data["class_names"],
+                data["plane"],
+                settings,
+            )
             log.info("%s -> %s", scan.path, path)
             reports.append(report)
     if len(scans) > 1 and reports:

@@ -42,8 +42,16 @@ from penn.mesh import mesh_bytes, surface_mesh
 from penn.preprocess import from_slices, preprocess_volume, to_slices
 from penn.reports import overlay_figure, pick_slices
 
-__all__ = ["PredictError", "Scan", "list_scans", "check_output", "read_scan", "segment_volume",
-           "build_report", "write_scan"]
+__all__ = [
+    "PredictError",
+    "Scan",
+    "list_scans",
+    "check_output",
+    "read_scan",
+    "segment_volume",
+    "build_report",
+    "write_scan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +92,9 @@ def list_scans(input_path: str | Path) -> list[Scan]:
     path = Path(input_path)
     if path.is_file():
         if not _is_nifti(path):
-            raise PredictError(f"{path}: input file is not .nii/.nii.gz (give a DICOM series as "
-                               "its folder)")
+            raise PredictError(
+                f"{path}: input file is not .nii/.nii.gz (give a DICOM series as its folder)"
+            )
         return [Scan(_scan_name(path), path, "nifti")]
     if not path.is_dir():
         raise PredictError(f"{path}: input not found")
@@ -121,8 +130,10 @@ def check_output(input_path: str | Path, output: str | Path) -> Path:
     """
     source, out = Path(input_path).resolve(), Path(output).resolve()
     if source.is_dir() and (out == source or source in out.parents):
-        raise PredictError(f"{output}: output folder is inside the input folder {input_path}; "
-                           "choose one outside it (penn never writes into its input)")
+        raise PredictError(
+            f"{output}: output folder is inside the input folder {input_path}; "
+            "choose one outside it (penn never writes into its input)"
+        )
     if out.is_file():
         raise PredictError(f"{output}: output exists and is a file, not a folder")
     return out
@@ -150,8 +161,10 @@ def read_mask(path: str | Path, volume: Volume) -> np.ndarray:
     """
     array, affine, _, _ = read_volume(path)
     if array.shape != volume.image.shape or not np.allclose(affine, volume.affine, atol=1e-3):
-        raise DataError(f"{path}: grid {array.shape} does not match scan {volume.name} "
-                        f"{volume.image.shape} (shape or affine)")
+        raise DataError(
+            f"{path}: grid {array.shape} does not match scan {volume.name} "
+            f"{volume.image.shape} (shape or affine)"
+        )
     return array != 0
 
 
@@ -208,21 +221,29 @@ def build_report(scan: Scan, volume: Volume, labels: np.ndarray, class_names: li
         lesions = tumor_lesions(mask, volume.affine, cfg["connectivity"], bodies)
         tumor.update(components=len(lesions), lesions=lesions)
         if bodies is None:
-            tumor["levels_note"] = (f"no vertebral levels: the model has no "
-                                    f"{cfg['vertebra_class']!r} class and no vertebrae= mask "
-                                    "was given")
+            tumor["levels_note"] = (
+                f"no vertebral levels: the model has no "
+                f"{cfg['vertebra_class']!r} class and no vertebrae= mask "
+                "was given"
+            )
         else:
             touched = {lv for lesion in lesions for lv in lesion["levels"]}
             tumor["levels"] = sorted(touched, key=lambda lv: int(lv[2:]))
     n_bodies = None if bodies is None else int(bodies.max())
     return {
-        "name": scan.name, "input": str(scan.path), "shape_ras": list(volume.image.shape),
+        "name": scan.name,
+        "input": str(scan.path),
+        "shape_ras": list(volume.image.shape),
         "spacing_mm": [round(s, 6) for s in volume.spacing],
         "voxel_volume_ml": voxel_volume_ml(volume.affine),
         "labels": {"background": 0, **{n: k for k, n in enumerate(class_names, start=1)}},
-        "volumes": class_volumes(labels, class_names, volume.affine), "tumor": tumor,
-        "vertebrae": {"source": source or None, "count": n_bodies,
-                      "order": "VB1 most inferior" if n_bodies is not None else None},
+        "volumes": class_volumes(labels, class_names, volume.affine),
+        "tumor": tumor,
+        "vertebrae": {
+            "source": source or None,
+            "count": n_bodies,
+            "order": "VB1 most inferior" if n_bodies is not None else None,
+        },
     }
 
 
@@ -233,8 +254,9 @@ def _write_overlays(folder: Path, name: str, slices: np.ndarray, labels: np.ndar
     reference = truth_slices if truth_slices is not None and truth_slices.any() else pred
     files = []
     for s in pick_slices(reference, count) if count > 0 else []:
-        png = overlay_figure(slices[s], None if truth is None else truth_slices[s], pred[s],
-                             f"{name} slice {s}")
+        png = overlay_figure(
+            slices[s], None if truth is None else truth_slices[s], pred[s], f"{name} slice {s}"
+        )
         files.append(write_atomic_bytes(folder / f"overlay_slice{s:03d}.png", png).name)
     return files
 
@@ -254,10 +276,12 @@ def write_scan(out: Path, scan: Scan, volume: Volume, result: tuple, truth: np.n
     try:
         files = {"mask": write_nifti(tmp / "mask.nii.gz", labels, volume).name}
         if cfg["write_probabilities"]:
-            files["probabilities"] = write_nifti(tmp / "probabilities.nii.gz", probs, volume,
-                                                 dtype=np.float32).name
-        files["overlays"] = _write_overlays(tmp, scan.name, slices, labels, truth, plane,
-                                            cfg["overlays"])
+            files["probabilities"] = write_nifti(
+                tmp / "probabilities.nii.gz", probs, volume, dtype=np.float32
+            ).name
+        files["overlays"] = _write_overlays(
+            tmp, scan.name, slices, labels, truth, plane, cfg["overlays"]
+        )
         files["meshes"] = {}
         if cfg["mesh"]["enabled"]:
             for k, name in enumerate(class_names, start=1):

@@ -40,8 +40,9 @@ def metrics_table(metrics: dict[str, float], stage: str = "test") -> str:
         cells = []
         for m in METRICS:
             v = metrics.get(f"{stage}/{level}/{m}")
-            cells.append("n/a" if v is None or (isinstance(v, float) and math.isnan(v))
-                         else f"{100 * v:.1f}")
+            cells.append(
+                "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+            )
         lines.append(f"| {level} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -96,8 +97,9 @@ def write_overlays(folder: str | Path, name: str, slices: np.ndarray, truth: np.
     reference = truth if truth is not None and truth.any() else pred
     paths = []
     for s in pick_slices(reference, count):
-        png = overlay_figure(slices[s], None if truth is None else truth[s], pred[s],
-                             f"{name} slice {s}")
+        png = overlay_figure(
+            slices[s], None if truth is None else truth[s], pred[s], f"{name} slice {s}"
+        )
         paths.append(write_atomic_bytes(Path(folder) / f"{name}_slice{s:03d}.png", png))
     return paths
 
@@ -118,8 +120,15 @@ def heatmap_figure(grid: Grid) -> bytes:
             if np.isnan(mean):
                 continue
             text = f"{mean:.1f}" if np.isnan(std) else f"{mean:.1f}\n± {std:.1f}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                    color="black" if mean > middle else "white")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="black" if mean > middle else "white",
+            )
     ax.set_xticks(range(len(grid.cols)), [str(c) for c in grid.cols])
     ax.set_yticks(range(len(grid.rows)), [str(r) for r in grid.rows])
     ax.set_xlabel(grid.col_key)
@@ -135,6 +144,7 @@ def heatmap_figure(grid: Grid) -> bytes:
 
 def write_heatmaps(folder: str | Path, grids: list[Grid]) -> list[Path]:
     """Writes one heatmap PNG per grid, named after its metric (``test_pixel_dice.png``)."""
-    return [write_atomic_bytes(Path(folder) / f"{g.metric.replace('/', '_')}.png",
-                               heatmap_figure(g))
-            for g in grids]
+    return [
+        write_atomic_bytes(Path(folder) / f"{g.metric.replace('/', '_')}.png", heatmap_figure(g))
+        for g in grids
+    ]

@@ -1,8 +1,8 @@
 """Entry point: pretrain each stage greedily, fine-tune, calibrate on validation, test, write.
 
-    python -m penn.run                       # the built-in phantom
-    python -m penn.run data=lumbar_vb        # the real lumbar scans
-    python -m penn.run +experiment=sweep_layers
+python -m penn.run                       # the built-in phantom
+python -m penn.run data=lumbar_vb        # the real lumbar scans
+python -m penn.run +experiment=sweep_layers
 """
 
 from __future__ import annotations
@@ -36,9 +36,12 @@ def pretrain(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | No
     if phase == "finetune" or cfg.model.pretrain.epochs <= 0:
         return
     for stage in range(first_stage, len(net.stages)):
-        module = PretrainModule(net, stage, optimizer=instantiate(cfg.model.pretrain.optimizer),
-                                **cfg.model.sae)
-        trainer = make_trainer(cfg, f"pretrain_stage{stage + 1}", cfg.model.pretrain.epochs, loggers)
+        module = PretrainModule(
+            net, stage, optimizer=instantiate(cfg.model.pretrain.optimizer), **cfg.model.sae
+        )
+        trainer = make_trainer(
+            cfg, f"pretrain_stage{stage + 1}", cfg.model.pretrain.epochs, loggers
+        )
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt if stage == first_stage else None)
 
 
@@ -61,31 +64,63 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
     val_pred = predict_volumes(net, val.slices, inference)
     val_truth = [class_map(lab, dm.classes) for lab in val.labels]
     threshold, calibration = calibrate(val_pred, val_truth, inference)
-    val_metrics, _ = score(val_pred, val.labels, dm.classes, dm.class_names, dm.patch_cfg,
-                           inference, threshold, "val")
+    val_metrics, _ = score(
+        val_pred, val.labels, dm.classes, dm.class_names, dm.patch_cfg, inference, threshold, "val"
+    )
     test = dm.splits["test"]
     test_pred = predict_volumes(net, test.slices, inference)
-    metrics, per_volume = score(test_pred, test.labels, dm.classes, dm.class_names, dm.patch_cfg,
-                                inference, threshold, "test")
+    metrics, per_volume = score(
+        test_pred,
+        test.labels,
+        dm.classes,
+        dm.class_names,
+        dm.patch_cfg,
+        inference,
+        threshold,
+        "test",
+    )
     metrics.update({k: v for k, v in val_metrics.items() if k.startswith("val/pixel")})
     metrics["calibration/threshold"] = math.nan if threshold is None else threshold
     write_metrics(out / "metrics.json", metrics)
-    write_json(out / "evaluation.json", {
-        "calibration": calibration, "threshold": threshold, "balance": dm.balance_log,
-        "test_volumes": dict(zip(test.names, per_volume, strict=True)),
-        "counts_columns": ["tp", "fp", "tn", "fn"], "class_names": dm.class_names,
-    })
-    save_model(out / "model.pt", net, {
-        "net": OmegaConf.to_container(cfg.model.net, resolve=True) | {"n_outputs": dm.n_outputs},
-        "data": {"plane": dm.plane, "preprocess": dm.preprocess_cfg, "patches": dm.patch_cfg,
-                 "classes": dm.classes, "class_names": dm.class_names},
-        "inference": inference | {"threshold": threshold},
-    })
+    write_json(
+        out / "evaluation.json",
+        {
+            "calibration": calibration,
+            "threshold": threshold,
+            "balance": dm.balance_log,
+            "test_volumes": dict(zip(test.names, per_volume, strict=True)),
+            "counts_columns": ["tp", "fp", "tn", "fn"],
+            "class_names": dm.class_names,
+        },
+    )
+    save_model(
+        out / "model.pt",
+        net,
+        {
+            "net": OmegaConf.to_container(cfg.model.net, resolve=True)
+            | {"n_outputs": dm.n_outputs},
+            "data": {
+                "plane": dm.plane,
+                "preprocess": dm.preprocess_cfg,
+                "patches": dm.patch_cfg,
+                "classes": dm.classes,
+                "class_names": dm.class_names,
+            },
+            "inference": inference | {"threshold": threshold},
+        },
+    )
     overlays = []
-    for name, slices, labels, pred in zip(test.names, test.slices, test.labels, test_pred,
-                                          strict=True):
-        overlays += write_overlays(out / "overlays", name, slices, class_map(labels, dm.classes),
-                                   pred.labels, cfg.inference.overlays)
+    for name, slices, labels, pred in zip(
+        test.names, test.slices, test.labels, test_pred, strict=True
+    ):
+        overlays += write_overlays(
+            out / "overlays",
+            name,
+            slices,
+            class_map(labels, dm.classes),
+            pred.labels,
+            cfg.inference.overlays,
+        )
     log_final(loggers, metrics, overlays)
     return metrics
 

@@ -34,16 +34,18 @@ def make_trainer(cfg: DictConfig, phase: str, max_epochs: int, loggers: list[Log
     dirpath = Path(cfg.paths.output_dir) / "checkpoints" / phase
     monitored = phase == "finetune"
     checkpoint = instantiate(
-        cfg.callbacks.checkpoint, dirpath=str(dirpath),
+        cfg.callbacks.checkpoint,
+        dirpath=str(dirpath),
         **({} if monitored else {"monitor": None, "filename": "epoch{epoch:03d}"}),
     )
     extra = [instantiate(node) for node in (cfg.callbacks.get("extra") or {}).values() if node]
-    return instantiate(cfg.trainer, max_epochs=max_epochs, logger=loggers or False,
-                       callbacks=[checkpoint, *extra])
+    return instantiate(
+        cfg.trainer, max_epochs=max_epochs, logger=loggers or False, callbacks=[checkpoint, *extra]
+    )
 
 
 def resume_phase(ckpt_path: str | None) -> tuple[str, int, str | None]:
-    """Where an interrupted run goes on: (phase, stage, checkpoint) from a penn Lightning checkpoint.
+    """Where an interrupted run goes on: (phase, stage, checkpoint) from a Lightning checkpoint.
 
     A pretraining checkpoint of stage k resumes that stage (earlier stages are inside it) and
     runs the rest; a fine-tuning checkpoint skips pretraining.
@@ -54,7 +56,9 @@ def resume_phase(ckpt_path: str | None) -> tuple[str, int, str | None]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint to resume from not found")
     try:
-        hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+        hparams = torch.load(path, map_location="cpu", weights_only=True).get(
+            "hyper_parameters", {}
+        )
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{path}: cannot read checkpoint (truncated or corrupt?): {err}") from err
     if "stage" in hparams:
@@ -72,8 +76,11 @@ def log_final(loggers: list[Logger], metrics: dict[str, float], images: list[Pat
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(finite)
             if images:
-                logger.log_image("test/overlays", [str(p) for p in images[:8]],
-                                 caption=[p.stem for p in images[:8]])
+                logger.log_image(
+                    "test/overlays",
+                    [str(p) for p in images[:8]],
+                    caption=[p.stem for p in images[:8]],
+                )
         logger.save()
 
 

@@ -51,10 +51,22 @@ __all__ = [
 # Table 1: the same network without (lambda = beta = 0; the row is mislabelled "MultiResuNet" in
 # the paper) and with the sparse-autoencoder regularisation.
 PAPER_TABLE1 = {
-    "unregularised": {"precision": 86.8, "recall": 85.7, "accuracy": 90.2, "f1": 88.2,
-                      "iou": 80.6, "dice": 88.4},
-    "regularised": {"precision": 90.6, "recall": 91.1, "accuracy": 93.2, "f1": 91.3,
-                    "iou": 83.8, "dice": 91.1},
+    "unregularised": {
+        "precision": 86.8,
+        "recall": 85.7,
+        "accuracy": 90.2,
+        "f1": 88.2,
+        "iou": 80.6,
+        "dice": 88.4,
+    },
+    "regularised": {
+        "precision": 90.6,
+        "recall": 91.1,
+        "accuracy": 93.2,
+        "f1": 91.3,
+        "iou": 83.8,
+        "dice": 91.1,
+    },
 }
 # Table 2 (F1 / IoU / Dice), keyed by penn's `model.name` (BASELINES.md §1). Several rows were
 # copied from other papers and datasets (BASELINES.md §2).
@@ -207,29 +219,52 @@ def table1(runs: list[Run], stage: str = "test", level: str = "pixel") -> Table:
     for (regularised, label), members in sorted(groups.items()):
         is_penn = members[0].get("model.name") == "penn"
         paper = PAPER_TABLE1["regularised" if regularised else "unregularised"] if is_penn else {}
-        rows.append(Row(label, len(members),
-                        {m: _percent(members, f"{stage}/{level}/{m}") for m in METRICS}, paper))
-    return Table(f"Table 1: with and without sparsity ({stage}/{level}, %)", METRICS, rows,
-                 _note(stage, level, "Table 1"))
+        rows.append(
+            Row(
+                label,
+                len(members),
+                {m: _percent(members, f"{stage}/{level}/{m}") for m in METRICS},
+                paper,
+            )
+        )
+    return Table(
+        f"Table 1: with and without sparsity ({stage}/{level}, %)",
+        METRICS,
+        rows,
+        _note(stage, level, "Table 1"),
+    )
 
 
 def table2(runs: list[Run], stage: str = "test", level: str = "pixel") -> Table:
     """Table 2: one row per ``model.name`` (in the paper's order, others after), F1 / IoU / Dice."""
     groups = _group(runs, ("model.name",))
     order = list(PAPER_TABLE2)
-    names = sorted((name for (name,) in groups),
-                   key=lambda n: (order.index(n) if n in order else len(order), str(n)))
-    rows = [Row(str(name), len(groups[(name,)]),
-                {m: _percent(groups[(name,)], f"{stage}/{level}/{m}") for m in TABLE2_METRICS},
-                PAPER_TABLE2.get(name, {}))
-            for name in names]
-    return Table(f"Table 2: comparison of methods ({stage}/{level}, %)", TABLE2_METRICS, rows,
-                 _note(stage, level, "Table 2"))
+    names = sorted(
+        (name for (name,) in groups),
+        key=lambda n: (order.index(n) if n in order else len(order), str(n)),
+    )
+    rows = [
+        Row(
+            str(name),
+            len(groups[(name,)]),
+            {m: _percent(groups[(name,)], f"{stage}/{level}/{m}") for m in TABLE2_METRICS},
+            PAPER_TABLE2.get(name, {}),
+        )
+        for name in names
+    ]
+    return Table(
+        f"Table 2: comparison of methods ({stage}/{level}, %)",
+        TABLE2_METRICS,
+        rows,
+        _note(stage, level, "Table 2"),
+    )
 
 
 def _note(stage: str, level: str, which: str) -> str:
-    return (f"ours: `{stage}/{level}/*` of each run, mean ± std over its n runs (seeds); "
-            f"paper: the numbers printed in Chen et al. 2024, {which} (PAPER.md), not ours.")
+    return (
+        f"ours: `{stage}/{level}/*` of each run, mean ± std over its n runs (seeds); "
+        f"paper: the numbers printed in Chen et al. 2024, {which} (PAPER.md), not ours."
+    )
 
 
 def _cell(mean: float, std: float) -> str:
@@ -243,8 +278,7 @@ def to_markdown(table: Table) -> str:
     header = ["method", "n"]
     for m in table.metrics:
         header += [m, f"{m} (paper)"]
-    lines = [f"**{table.title}**", "", "| " + " | ".join(header) + " |",
-             "|---" * len(header) + "|"]
+    lines = [f"**{table.title}**", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for row in table.rows:
         cells = [row.label, str(row.n)]
         for m in table.metrics:
@@ -282,12 +316,16 @@ def to_csv(table: Table) -> str:
 
 def grid_markdown(g: Grid) -> str:
     """One Fig. 6 grid as Markdown: rows ``row_key``, columns ``col_key``, mean ± std (n) in %."""
-    lines = [f"**{g.metric} (%, mean ± std over seeds (n)), {g.row_key} x {g.col_key}**", "",
-             f"| {g.row_key} \\ {g.col_key} | " + " | ".join(map(str, g.cols)) + " |",
-             "|---" * (len(g.cols) + 1) + "|"]
+    lines = [
+        f"**{g.metric} (%, mean ± std over seeds (n)), {g.row_key} x {g.col_key}**",
+        "",
+        f"| {g.row_key} \\ {g.col_key} | " + " | ".join(map(str, g.cols)) + " |",
+        "|---" * (len(g.cols) + 1) + "|",
+    ]
     for i, r in enumerate(g.rows):
-        cells = [_cell(g.mean[i, j], g.std[i, j]) + f" ({g.count[i, j]})"
-                 for j in range(len(g.cols))]
+        cells = [
+            _cell(g.mean[i, j], g.std[i, j]) + f" ({g.count[i, j]})" for j in range(len(g.cols))
+        ]
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -296,8 +334,12 @@ def grid_csv(grids: list[Grid]) -> str:
     """Fig. 6 grids in long form: one line per (metric, row, col) with mean, std and n (in %)."""
     if not grids:
         return ""
-    rows = [[g.metric, r, c, _num(g.mean[i, j]), _num(g.std[i, j]), int(g.count[i, j])]
-            for g in grids for i, r in enumerate(g.rows) for j, c in enumerate(g.cols)]
+    rows = [
+        [g.metric, r, c, _num(g.mean[i, j]), _num(g.std[i, j]), int(g.count[i, j])]
+        for g in grids
+        for i, r in enumerate(g.rows)
+        for j, c in enumerate(g.cols)
+    ]
     return _csv_text(["metric", grids[0].row_key, grids[0].col_key, "mean", "std", "n"], rows)
 
 

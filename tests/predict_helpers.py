@@ -20,21 +20,35 @@ from penn.models.sparse_ae import StackedSparseAutoencoder
 PATCH = 8
 STEPS = (0.25, 0.7)  # patch-mean thresholds of the two hidden units (normalised intensity)
 GAIN = 40.0
-NET = {"_target_": "penn.models.sparse_ae.StackedSparseAutoencoder", "patch_size": PATCH,
-       "n_layers": 1, "n_nodes": 2}
+NET = {
+    "_target_": "penn.models.sparse_ae.StackedSparseAutoencoder",
+    "patch_size": PATCH,
+    "n_layers": 1,
+    "n_nodes": 2,
+}
 
 
 def meta(n_outputs: int) -> dict:
     classes, names = ([[2]], ["tumor"]) if n_outputs == 1 else ([[1], [2]], ["vertebra", "tumor"])
     return {
         "net": NET | {"n_outputs": n_outputs},
-        "data": {"plane": "sagittal",
-                 "preprocess": {"noise_threshold": 0.0, "smooth_sigma": 0.0,
-                                "clip_percentiles": [0.0, 100.0]},
-                 "patches": {"size": PATCH, "stride": 2, "rule": "fraction", "threshold": 0.6},
-                 "classes": classes, "class_names": names},
-        "inference": {"stride": 2, "batch_slices": 8, "threshold": 0.5,
-                      "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0}},
+        "data": {
+            "plane": "sagittal",
+            "preprocess": {
+                "noise_threshold": 0.0,
+                "smooth_sigma": 0.0,
+                "clip_percentiles": [0.0, 100.0],
+            },
+            "patches": {"size": PATCH, "stride": 2, "rule": "fraction", "threshold": 0.6},
+            "classes": classes,
+            "class_names": names,
+        },
+        "inference": {
+            "stride": 2,
+            "batch_slices": 8,
+            "threshold": 0.5,
+            "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0},
+        },
     }
 
 

@@ -25,8 +25,15 @@ BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 def compose_train(overrides: list[str], tmp_path) -> DictConfig:
     """``train.yaml`` with ``overrides``, the Hydra node included, output in ``tmp_path``."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train", return_hydra_config=True, overrides=[
-            *overrides, f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path}"])
+        return compose(
+            "train",
+            return_hydra_config=True,
+            overrides=[
+                *overrides,
+                f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.output_dir={tmp_path}",
+            ],
+        )
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -73,8 +80,9 @@ def test_ablation_sweeps_the_sae_preset_against_none_over_three_seeds(tmp_path):
     assert cfg.hydra.mode.name == "MULTIRUN"
     assert sweep_params(cfg) == {"model/sae": "matlab_example,none", "seed": "1,2,3"}
     for preset, expected in (("matlab_example", (0.004, 4.0)), ("none", (0.0, 0.0))):
-        sae = compose_train(["+experiment=ablation_sparsity", f"model/sae={preset}"],
-                            tmp_path).model.sae
+        sae = compose_train(
+            ["+experiment=ablation_sparsity", f"model/sae={preset}"], tmp_path
+        ).model.sae
         assert (sae.lambda_l2, sae.beta, sae.rho) == (*expected, 0.15)
 
 
@@ -93,12 +101,18 @@ def test_optuna_search_maximises_the_value_train_returns(tmp_path):
     assert cfg.hydra.sweeper.direction == "maximize"
     assert cfg.optimized_metric == "val/pixel/dice"
     assert set(sweep_params(cfg)) == {
-        "model.n_layers", "model.n_nodes", "model.sae.lambda_l2", "model.sae.beta",
-        "model.sae.rho", "data.patches.stride"}
+        "model.n_layers",
+        "model.n_nodes",
+        "model.sae.lambda_l2",
+        "model.sae.beta",
+        "model.sae.rho",
+        "data.patches.stride",
+    }
 
 
-@pytest.mark.parametrize(("trainer", "logger"),
-                         itertools.product(["default", "cpu", "gpu", "ddp"], ["csv", "wandb"]))
+@pytest.mark.parametrize(
+    ("trainer", "logger"), itertools.product(["default", "cpu", "gpu", "ddp"], ["csv", "wandb"])
+)
 def test_trainer_and_logger_options_instantiate(trainer, logger, tmp_path):
     cfg = compose_train([f"trainer={trainer}", f"logger={logger}"], tmp_path)
     built = build_trainer(cfg)
@@ -113,11 +127,24 @@ def test_trainer_and_logger_options_instantiate(trainer, logger, tmp_path):
         assert list(cfg.logger.wandb.tags) == ["penn", "phantom", "train"]
 
 
-@pytest.mark.parametrize(("launcher", "target", "knobs"), [
-    ("joblib_local", "JoblibLauncher", {"n_jobs": 2}),
-    ("slurm", "SlurmLauncher", {"partition": None, "gpus_per_node": 1, "timeout_min": 720,
-                                "cpus_per_task": 8, "mem_gb": 32, "array_parallelism": 16}),
-])
+@pytest.mark.parametrize(
+    ("launcher", "target", "knobs"),
+    [
+        ("joblib_local", "JoblibLauncher", {"n_jobs": 2}),
+        (
+            "slurm",
+            "SlurmLauncher",
+            {
+                "partition": None,
+                "gpus_per_node": 1,
+                "timeout_min": 720,
+                "cpus_per_task": 8,
+                "mem_gb": 32,
+                "array_parallelism": 16,
+            },
+        ),
+    ],
+)
 def test_launchers_extend_the_plugins_config(launcher, target, knobs, tmp_path):
     cfg = compose_train(["+experiment=sweep_layers", f"hydra/launcher={launcher}"], tmp_path)
     assert cfg.hydra.launcher._target_.endswith(target)

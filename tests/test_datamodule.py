@@ -76,8 +76,9 @@ def test_batches_are_gathered_from_the_preprocessed_slices(dm):
     x, y = ds.__getitems__([0, 5, 9])
     assert x.shape == (3, 1, 16, 16) and y.dtype == torch.int64
     vol, s, yy, xx = ds.index[5]
-    expected = gather_patches(dm.splits["val"].slices[vol], np.array([s]), np.array([yy]),
-                              np.array([xx]), 16)[0]
+    expected = gather_patches(
+        dm.splits["val"].slices[vol], np.array([s]), np.array([yy]), np.array([xx]), 16
+    )[0]
     np.testing.assert_array_equal(x[1, 0].numpy(), expected)
 
 

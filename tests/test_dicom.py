@@ -31,8 +31,9 @@ SLOPE, INTERCEPT = 0.5, -20.0
 # The same geometry worked out by hand in RAS for arrays indexed [column, row, slice]:
 # column i moves along ROW_DIR by 0.6 mm -> RAS (0, -0.6, 0); row j along COL_DIR by 0.5 mm ->
 # RAS (0, 0, -0.5); slice k by STEP -> RAS (+3, 0, 0); origin (-40, +30, 25).
-EXPECTED_AFFINE = np.array([[0, 0, 3.0, -40.0], [-0.6, 0, 0, 30.0], [0, -0.5, 0, 25.0],
-                            [0, 0, 0, 1]])
+EXPECTED_AFFINE = np.array(
+    [[0, 0, 3.0, -40.0], [-0.6, 0, 0, 30.0], [0, -0.5, 0, 25.0], [0, 0, 0, 1]]
+)
 
 
 def write_series(folder: Path, native: np.ndarray, order: list[int] | None = None) -> Path:
@@ -94,8 +95,17 @@ def test_a_shuffled_series_reads_like_a_sorted_one(tmp_path):
 
 def run_predict(ckpt: Path, source: Path, out: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("predict", overrides=[f"ckpt={ckpt}", f"input={source}", f"output={out}",
-                                            "progress=false", "overlays=0", "mesh.enabled=false"])
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"ckpt={ckpt}",
+                f"input={source}",
+                f"output={out}",
+                "progress=false",
+                "overlays=0",
+                "mesh.enabled=false",
+            ],
+        )
     predict(cfg)
 
 
@@ -112,8 +122,9 @@ def test_dicom_series_gives_the_same_mask_as_the_nifti_of_its_volume(tmp_path):
     from_dicom = nib.load(tmp_path / "from_dicom" / "series1" / "mask.nii.gz")
     from_nifti = nib.load(tmp_path / "from_nifti" / "series1" / "mask.nii.gz")
     np.testing.assert_allclose(from_dicom.affine, EXPECTED_AFFINE, atol=1e-9)
-    np.testing.assert_array_equal(np.asanyarray(from_dicom.dataobj),
-                                  np.asanyarray(from_nifti.dataobj))
+    np.testing.assert_array_equal(
+        np.asanyarray(from_dicom.dataobj), np.asanyarray(from_nifti.dataobj)
+    )
     assert set(np.unique(np.asanyarray(from_dicom.dataobj))) == {0, 1, 2}
     # a batch folder whose subfolder is the series gives the same mask again
     run_predict(model, tmp_path / "dicom", tmp_path / "batch")

@@ -56,9 +56,17 @@ def best_interval_dice(images: list[np.ndarray], masks: list[np.ndarray], bins: 
 
 
 def test_spec_coerces_config_lists() -> None:
-    spec = PhantomSpec(shape=[8, 64, 96], spacing=[3, 0.5, 0.5], n_vertebrae=3,
-                       tumor_probability=1, max_tumors=2, tumor_radius_px=[4, 8],
-                       tumor_contrast=[0.55, 1.6], noise_sigma=0.03, bias_strength=0.3)
+    spec = PhantomSpec(
+        shape=[8, 64, 96],
+        spacing=[3, 0.5, 0.5],
+        n_vertebrae=3,
+        tumor_probability=1,
+        max_tumors=2,
+        tumor_radius_px=[4, 8],
+        tumor_contrast=[0.55, 1.6],
+        noise_sigma=0.03,
+        bias_strength=0.3,
+    )
     assert spec == SPEC and isinstance(spec.shape, tuple) and hash(spec) == hash(SPEC)
 
 
@@ -84,7 +92,7 @@ def test_outputs_and_tumor_inside_bodies() -> None:
 
 def test_lateral_slices_show_smaller_or_no_bodies() -> None:
     spec = replace(SPEC, shape=(20, 64, 96), tumor_probability=0.0)
-    (_, labels, _), = _volumes(spec, 1)
+    ((_, labels, _),) = _volumes(spec, 1)
     per_slice = (labels == 1).sum(axis=(1, 2))
     assert per_slice[0] == 0 and per_slice[-1] == 0
     assert per_slice.max() == per_slice[5:15].max()
@@ -130,9 +138,11 @@ def test_write_phantom_dataset_layout_and_cache(tmp_path) -> None:
     assert ds["labels"] == {"background": 0, "vertebra": 1, "tumor": 2}
     assert ds["numTraining"] == 3 == len(ds["cases"])
     assert sorted(p.name for p in (root / "imagesTr").iterdir()) == [
-        f"phantom_{i:03d}_0000.nii.gz" for i in range(3)]
+        f"phantom_{i:03d}_0000.nii.gz" for i in range(3)
+    ]
     assert sorted(p.name for p in (root / "labelsTr").iterdir()) == [
-        f"phantom_{i:03d}.nii.gz" for i in range(3)]
+        f"phantom_{i:03d}.nii.gz" for i in range(3)
+    ]
     for i, case in enumerate(ds["cases"]):
         img, lab = nib.load(root / case["image"]), nib.load(root / case["label"])
         np.testing.assert_allclose(img.affine, np.diag([3.0, 0.5, 0.5, 1.0]))

@@ -35,15 +35,18 @@ BASE = np.array([[3.0, 0, 0, -15.0], [0, 0.5, 0, -10.0], [0, 0, 0.5, 20.0], [0, 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
-    return {"binary": write_model(folder / "binary.pt", 1),
-            "multi": write_model(folder / "multi.pt", 3)}
+    return {
+        "binary": write_model(folder / "binary.pt", 1),
+        "multi": write_model(folder / "multi.pt", 3),
+    }
 
 
 def reoriented(array: np.ndarray, codes: str) -> nib.Nifti1Image:
     """The canonical (RAS) array stored with axes ``codes``: same world object, other order."""
     img = nib.Nifti1Image(array, BASE)
-    ornt = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
-                                           nib.orientations.axcodes2ornt(codes))
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt("RAS"), nib.orientations.axcodes2ornt(codes)
+    )
     out = img.as_reoriented(ornt)
     out.set_qform(out.affine, code=1)
     out.set_sform(out.affine, code=1)
@@ -53,8 +56,16 @@ def reoriented(array: np.ndarray, codes: str) -> nib.Nifti1Image:
 
 def run_predict(ckpt: Path, source: Path, out: Path, *overrides: str) -> list[dict]:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("predict", overrides=[f"ckpt={ckpt}", f"input={source}", f"output={out}",
-                                            "progress=false", *overrides])
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"ckpt={ckpt}",
+                f"input={source}",
+                f"output={out}",
+                "progress=false",
+                *overrides,
+            ],
+        )
     return predict(cfg)
 
 
@@ -108,8 +119,10 @@ def test_class_volumes_of_a_hand_counted_mask():
     oblique = np.eye(4)
     oblique[:3, :3] = np.array([[0, -2.0, 0], [1.0, 0, 0], [0, 0, 1.5]])  # 2 x 1 x 1.5 mm voxels
     volumes = class_volumes(labels, ["vertebra", "tumor"], oblique)
-    assert volumes == {"vertebra": {"voxels": 3, "ml": pytest.approx(0.009)},
-                       "tumor": {"voxels": 1, "ml": pytest.approx(0.003)}}
+    assert volumes == {
+        "vertebra": {"voxels": 3, "ml": pytest.approx(0.009)},
+        "tumor": {"voxels": 1, "ml": pytest.approx(0.003)},
+    }
 
 
 def test_lesions_name_the_levels_they_touch_inferior_to_superior(models, tmp_path):
@@ -123,13 +136,20 @@ def test_lesions_name_the_levels_they_touch_inferior_to_superior(models, tmp_pat
     report = json.loads((tmp_path / "out" / "scan" / "report.json").read_text())
     assert report["vertebrae"]["count"] == 3
     assert report["tumor"]["components"] == 2
-    assert sorted(lesion["levels"] == ["VB2"] or lesion["levels"] == ["VB3"]
-                  for lesion in report["tumor"]["lesions"]) == [True, True]
+    assert sorted(
+        lesion["levels"] == ["VB2"] or lesion["levels"] == ["VB3"]
+        for lesion in report["tumor"]["lesions"]
+    ) == [True, True]
     assert report["tumor"]["levels"] == ["VB2", "VB3"]
     # the binary model has no vertebra class: levels come from a given mask, or are null
     nib.save(reoriented(labels, "RPI"), tmp_path / "bodies.nii.gz")
-    run_predict(models["binary"], tmp_path / "scan.nii.gz", tmp_path / "bin", "overlays=0",
-                f"vertebrae={tmp_path / 'bodies.nii.gz'}")
+    run_predict(
+        models["binary"],
+        tmp_path / "scan.nii.gz",
+        tmp_path / "bin",
+        "overlays=0",
+        f"vertebrae={tmp_path / 'bodies.nii.gz'}",
+    )
     report = json.loads((tmp_path / "bin" / "scan" / "report.json").read_text())
     assert report["tumor"]["levels"] == ["VB2", "VB3"]
     assert report["vertebrae"]["source"] == "vertebrae mask"
@@ -144,8 +164,14 @@ def test_probabilities_and_overlays_with_truth(models, tmp_path):
     image, labels = spine_volume()
     nib.save(reoriented(image, "LPS"), tmp_path / "scan_0000.nii.gz")
     nib.save(reoriented(labels, "LPS"), tmp_path / "truth.nii.gz")
-    run_predict(models["binary"], tmp_path / "scan_0000.nii.gz", tmp_path / "out",
-                "write_probabilities=true", "overlays=2", f"labels={tmp_path / 'truth.nii.gz'}")
+    run_predict(
+        models["binary"],
+        tmp_path / "scan_0000.nii.gz",
+        tmp_path / "out",
+        "write_probabilities=true",
+        "overlays=2",
+        f"labels={tmp_path / 'truth.nii.gz'}",
+    )
     folder = tmp_path / "out" / "scan"  # nnU-Net's channel suffix is dropped from the name
     probs = nib.load(folder / "probabilities.nii.gz")
     mask = nib.load(folder / "mask.nii.gz")
@@ -164,8 +190,14 @@ def test_probabilities_and_overlays_with_truth(models, tmp_path):
     files = json.loads((folder / "report.json").read_text())["files"]
     assert files["overlays"] == [p.name for p in pngs]
     # a multi-class model writes one probability volume per class (background first)
-    run_predict(models["multi"], tmp_path / "scan_0000.nii.gz", tmp_path / "multi", "overlays=0",
-                "write_probabilities=true", "mesh.enabled=false")
+    run_predict(
+        models["multi"],
+        tmp_path / "scan_0000.nii.gz",
+        tmp_path / "multi",
+        "overlays=0",
+        "write_probabilities=true",
+        "mesh.enabled=false",
+    )
     probs = nib.load(tmp_path / "multi" / "scan" / "probabilities.nii.gz")
     mask = np.asanyarray(nib.load(tmp_path / "multi" / "scan" / "mask.nii.gz").dataobj)
     assert probs.shape == (*mask.shape, 3)
@@ -204,16 +236,19 @@ def world_box(mask_img: nib.Nifti1Image, k: int) -> tuple[np.ndarray, np.ndarray
 
 def signed_volume(triangles: np.ndarray) -> float:
     """Volume enclosed by a closed triangle mesh (positive when faces point outward)."""
-    return float(np.einsum("ij,ij->i", triangles[:, 0],
-                           np.cross(triangles[:, 1], triangles[:, 2])).sum() / 6.0)
+    return float(
+        np.einsum("ij,ij->i", triangles[:, 0], np.cross(triangles[:, 1], triangles[:, 2])).sum()
+        / 6.0
+    )
 
 
 def test_mesh_vertices_lie_in_the_masks_world_box(models, tmp_path):
     image, _ = spine_volume()
     nib.save(reoriented(image, "LPS"), tmp_path / "scan.nii.gz")
     run_predict(models["multi"], tmp_path / "scan.nii.gz", tmp_path / "ply", "overlays=0")
-    run_predict(models["multi"], tmp_path / "scan.nii.gz", tmp_path / "stl", "overlays=0",
-                "mesh.format=stl")
+    run_predict(
+        models["multi"], tmp_path / "scan.nii.gz", tmp_path / "stl", "overlays=0", "mesh.format=stl"
+    )
     mask_img = nib.load(tmp_path / "ply" / "scan" / "mask.nii.gz")
     for k, name in enumerate(["vertebra", "tumor"], start=1):
         low, high = world_box(mask_img, k)
@@ -256,10 +291,25 @@ def test_folder_skips_and_names_a_corrupt_scan_and_exits_nonzero(models, tmp_pat
     (scans / "notes.txt").write_text("not a scan")
     before = tree(scans)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "penn.cli", "predict", f"ckpt={models['binary']}",
-           f"input={scans}", f"output={out}", f"hydra.run.dir={tmp_path / 'hydra'}", "overlays=1"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "penn.cli",
+        "predict",
+        f"ckpt={models['binary']}",
+        f"input={scans}",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path / 'hydra'}",
+        "overlays=1",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
+    )
     assert proc.returncode != 0
     assert "1 of 3 scans failed" in proc.stderr and "b_broken.nii.gz" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a", "c", "summary.csv"]
@@ -284,8 +334,9 @@ def test_output_inside_the_input_folder_is_refused(models, tmp_path):
 
 def test_label_file_with_a_folder_input_is_refused(models, tmp_path):
     with pytest.raises(PredictError, match="single input file"):
-        run_predict(models["binary"], tmp_path, tmp_path.parent / "x",
-                    f"labels={tmp_path / 'l.nii'}")
+        run_predict(
+            models["binary"], tmp_path, tmp_path.parent / "x", f"labels={tmp_path / 'l.nii'}"
+        )
 
 
 def test_truncated_model_file_gives_a_clear_error(models, tmp_path):
@@ -295,15 +346,21 @@ def test_truncated_model_file_gives_a_clear_error(models, tmp_path):
         load_model(broken)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda m: m["data"]["patches"].update(size=16), "patch size 8 != data.patches.size 16"),
-    (lambda m: m["data"].pop("preprocess"), "lacks \\['preprocess'\\]"),
-    (lambda m: m["data"]["preprocess"].pop("smooth_sigma"), "smooth_sigma"),
-    (lambda m: m.pop("inference"), "no 'inference' section"),
-    (lambda m: m["data"].update(plane="oblique"), "unknown plane 'oblique'"),
-    (lambda m: m["data"].update(classes=[[1], [2]], class_names=["v", "t"]), "1 outputs, 2 class"),
-    (lambda m: m["inference"].update(threshold=None), "without a numeric inference.threshold"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m["data"]["patches"].update(size=16), "patch size 8 != data.patches.size 16"),
+        (lambda m: m["data"].pop("preprocess"), "lacks \\['preprocess'\\]"),
+        (lambda m: m["data"]["preprocess"].pop("smooth_sigma"), "smooth_sigma"),
+        (lambda m: m.pop("inference"), "no 'inference' section"),
+        (lambda m: m["data"].update(plane="oblique"), "unknown plane 'oblique'"),
+        (
+            lambda m: m["data"].update(classes=[[1], [2]], class_names=["v", "t"]),
+            "1 outputs, 2 class",
+        ),
+        (lambda m: m["inference"].update(threshold=None), "without a numeric inference.threshold"),
+    ],
+)
 def test_inconsistent_model_meta_stops_with_a_clear_error(tmp_path, edit, message):
     bad = meta(1)
     edit(bad)

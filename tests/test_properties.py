@@ -17,8 +17,12 @@ from penn.io import Case, DataError, read_case, read_volume, write_nifti
 from penn.patches import gather_patches, grid_starts, label_patches, window_sums
 from penn.preprocess import PLANE_AXIS, from_slices, preprocess_volume
 
-FAST = settings(max_examples=25, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FAST = settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @st.composite
@@ -30,8 +34,9 @@ def label_stacks(draw):
 
 
 @FAST
-@given(case=label_stacks(), rule=st.sampled_from(["fraction", "center"]),
-       threshold=st.floats(0.0, 1.0))
+@given(
+    case=label_stacks(), rule=st.sampled_from(["fraction", "center"]), threshold=st.floats(0.0, 1.0)
+)
 def test_patch_labels_and_sums_equal_a_brute_force_loop(case, rule, threshold):
     labels, n, stride = case
     classes = [[1, 2], [2]]
@@ -132,10 +137,15 @@ def test_any_orientation_reads_to_the_same_world_and_writes_back_the_files_grid(
 
 
 @FAST
-@given(array=volumes(), plane=st.sampled_from(sorted(PLANE_AXIS)),
-       sigma=st.sampled_from([0.0, 1.0, 2.0]), noise=st.sampled_from([0.0, 0.02, 0.5]))
-def test_preprocessing_any_intensity_range_gives_finite_slices_in_unit_range(array, plane, sigma,
-                                                                             noise):
+@given(
+    array=volumes(),
+    plane=st.sampled_from(sorted(PLANE_AXIS)),
+    sigma=st.sampled_from([0.0, 1.0, 2.0]),
+    noise=st.sampled_from([0.0, 0.02, 0.5]),
+)
+def test_preprocessing_any_intensity_range_gives_finite_slices_in_unit_range(
+    array, plane, sigma, noise
+):
     image = array.astype(np.float32)
     if not np.isfinite(image).all():  # io refuses these before preprocessing sees them
         return
@@ -167,8 +177,9 @@ def test_segmenting_any_small_volume_gives_a_mask_on_the_files_grid(array, affin
         except DataError:
             assert not np.isfinite(array.astype(np.float64)).all()
             return
-        _, labels, probs = segment_volume(bright_region_net(3), volume, info["data"],
-                                          info["inference"], "cpu")
+        _, labels, probs = segment_volume(
+            bright_region_net(3), volume, info["data"], info["inference"], "cpu"
+        )
         assert labels.shape == volume.image.shape and probs.shape == (*labels.shape, 3)
         np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
         back = nib.load(write_nifti(Path(tmp) / "mask.nii.gz", labels, volume))

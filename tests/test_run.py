@@ -22,7 +22,9 @@ def penn(module: str, *overrides: str, check: bool = True) -> subprocess.Complet
     cmd = [sys.executable, "-m", module, *overrides]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -67,11 +69,17 @@ def test_evaluate_reproduces_the_runs_test_metrics(trained, tmp_path):
     (subset / "labelsTr").mkdir()
     phantom = data_dir / "phantom"
     (subset / "dataset.json").write_text((phantom / "dataset.json").read_text())
-    os.symlink(phantom / "imagesTr" / f"{name}_0000.nii.gz", subset / "imagesTr" / f"{name}_0000.nii.gz")
+    os.symlink(
+        phantom / "imagesTr" / f"{name}_0000.nii.gz", subset / "imagesTr" / f"{name}_0000.nii.gz"
+    )
     os.symlink(phantom / "labelsTr" / f"{name}.nii.gz", subset / "labelsTr" / f"{name}.nii.gz")
     out = tmp_path / "eval"
-    penn("penn.evaluate", f"ckpt={run_dir / 'model.pt'}", f"data.root={subset}",
-         f"hydra.run.dir={out}")
+    penn(
+        "penn.evaluate",
+        f"ckpt={run_dir / 'model.pt'}",
+        f"data.root={subset}",
+        f"hydra.run.dir={out}",
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     tp, fp, tn, fn = evaluation["test_volumes"][name][1]
     assert metrics["test/pixel_pooled/accuracy"] == pytest.approx((tp + tn) / (tp + fp + tn + fn))
@@ -80,16 +88,28 @@ def test_evaluate_reproduces_the_runs_test_metrics(trained, tmp_path):
 def test_data_folder_is_never_written(trained):
     run_dir, data_dir = trained
     before = tree(data_dir)
-    penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}_again",
-         "model.pretrain.epochs=0", "trainer.limit_train_batches=1")
+    penn(
+        "penn.run",
+        *TINY,
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}_again",
+        "model.pretrain.epochs=0",
+        "trainer.limit_train_batches=1",
+    )
     assert tree(data_dir) == before
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(trained, tmp_path):
     run_dir, data_dir = trained
     ckpt = run_dir / "checkpoints" / "pretrain_stage2" / "last.ckpt"
-    proc = penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={tmp_path}",
-                f"ckpt_path={ckpt}", "model.pretrain.epochs=2")
+    proc = penn(
+        "penn.run",
+        *TINY,
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={tmp_path}",
+        f"ckpt_path={ckpt}",
+        "model.pretrain.epochs=2",
+    )
     log = proc.stdout + proc.stderr + (tmp_path / "run.log").read_text()
     assert "resuming pretraining stage 2" in log
     assert not (tmp_path / "checkpoints" / "pretrain_stage1").exists()  # stage 1 skipped
@@ -106,7 +126,12 @@ def test_truncated_model_file_gives_a_clear_error(trained, tmp_path):
 
 
 def test_missing_data_folder_stops_with_its_name(tmp_path):
-    proc = penn("penn.run", "data=lumbar_vb", f"data.root={tmp_path / 'absent'}",
-                f"hydra.run.dir={tmp_path / 'run'}", check=False)
+    proc = penn(
+        "penn.run",
+        "data=lumbar_vb",
+        f"data.root={tmp_path / 'absent'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "absent: data folder not found" in proc.stderr

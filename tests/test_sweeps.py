@@ -22,8 +22,13 @@ from .conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 # any network access would fail at once: the proxy port is closed
-NO_NETWORK = {"WANDB_MODE": "offline", "HTTP_PROXY": "http://127.0.0.1:9",
-              "HTTPS_PROXY": "http://127.0.0.1:9", "NO_PROXY": "", "HYDRA_FULL_ERROR": "1"}
+NO_NETWORK = {
+    "WANDB_MODE": "offline",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "",
+    "HYDRA_FULL_ERROR": "1",
+}
 FAST = ["trainer.limit_train_batches=2"]
 
 
@@ -37,8 +42,14 @@ def penn_run(overrides: list[str], data_dir: Path, env: dict | None = None) -> s
     """Runs ``python -m penn.run`` in a subprocess; returns stdout + stderr, fails on error."""
     cmd = [sys.executable, "-m", "penn.run", *overrides, f"paths.data_dir={data_dir}"]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    proc = subprocess.run(cmd, cwd=ROOT, env={**environ, **NO_NETWORK, **(env or {})},
-                          capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**environ, **NO_NETWORK, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-6000:]}"
     return out
@@ -56,16 +67,27 @@ def metrics(job: Path) -> dict:
 def layer_sweep(phantom_dir, tmp_path_factory) -> Path:
     """The Fig. 6 experiment narrowed to 2 x 2 on the tiny phantom; returns the sweep folder."""
     sweep = tmp_path_factory.mktemp("sweep_layers")
-    penn_run(["+experiment=sweep_layers", f"hydra.sweep.dir={sweep}",
-              *tiny("model.n_layers=1,2", "model.n_nodes=8,16")], phantom_dir)
+    penn_run(
+        [
+            "+experiment=sweep_layers",
+            f"hydra.sweep.dir={sweep}",
+            *tiny("model.n_layers=1,2", "model.n_nodes=8,16"),
+        ],
+        phantom_dir,
+    )
     return sweep
 
 
 def test_layer_sweep_runs_one_job_per_grid_cell(layer_sweep):
     found = jobs(layer_sweep)
     assert len(found) == 4
-    cells = {(OmegaConf.load(j / ".hydra" / "config.yaml").model.n_layers,
-              OmegaConf.load(j / ".hydra" / "config.yaml").model.n_nodes) for j in found}
+    cells = {
+        (
+            OmegaConf.load(j / ".hydra" / "config.yaml").model.n_layers,
+            OmegaConf.load(j / ".hydra" / "config.yaml").model.n_nodes,
+        )
+        for j in found
+    }
     assert cells == {(1, 8), (1, 16), (2, 8), (2, 16)}
 
 
@@ -84,8 +106,11 @@ def test_fig6_script_draws_heatmaps_with_each_jobs_value(layer_sweep, tmp_path, 
     with open(out / "fig6.csv") as handle:
         rows = list(csv.DictReader(handle))
     for key in ("val/pixel/dice", "test/pixel/dice"):
-        cells = {(r["model.n_layers"], r["model.n_nodes"]): float(r["mean"])
-                 for r in rows if r["metric"] == key}
+        cells = {
+            (r["model.n_layers"], r["model.n_nodes"]): float(r["mean"])
+            for r in rows
+            if r["metric"] == key
+        }
         assert len(cells) == 4
         for cell, value in cells.items():
             assert value == pytest.approx(100 * expected[cell][key], abs=1e-4)
@@ -107,8 +132,16 @@ def test_table_scripts_work_with_penn_rows_only(layer_sweep, tmp_path, capsys):
 
 def test_ddp_on_two_cpu_processes_writes_metrics_once(phantom_dir, tmp_path):
     run = tmp_path / "ddp"
-    penn_run([f"hydra.run.dir={run}", "trainer=ddp", "trainer.accelerator=cpu",
-              "trainer.devices=2", *tiny()], phantom_dir)
+    penn_run(
+        [
+            f"hydra.run.dir={run}",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            *tiny(),
+        ],
+        phantom_dir,
+    )
     result = metrics(run)
     for level in ("pixel", "pixel_pooled", "patch"):
         assert {f"test/{level}/{m}" for m in METRICS} <= set(result)
@@ -122,8 +155,16 @@ def test_ddp_on_two_cpu_processes_writes_metrics_once(phantom_dir, tmp_path):
 def joblib_sweep(phantom_dir, tmp_path_factory) -> tuple[Path, str]:
     """Two jobs with one seed, in parallel worker processes; returns (sweep folder, log)."""
     sweep = tmp_path_factory.mktemp("joblib")
-    log = penn_run(["-m", "hydra/launcher=joblib_local", "hydra.launcher.n_jobs=2",
-                    f"hydra.sweep.dir={sweep}", *tiny("seed=7,7")], phantom_dir)
+    log = penn_run(
+        [
+            "-m",
+            "hydra/launcher=joblib_local",
+            "hydra.launcher.n_jobs=2",
+            f"hydra.sweep.dir={sweep}",
+            *tiny("seed=7,7"),
+        ],
+        phantom_dir,
+    )
     return sweep, log
 
 
@@ -147,11 +188,11 @@ def wandb_records(run_file: Path) -> list:
     raw, pos, chunk, records = run_file.read_bytes(), 7, b"", []
     while pos + 7 <= len(raw):
         left = 32768 - pos % 32768
-        _, length, kind = struct.unpack("<IHB", raw[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7]) if left >= 7 else (0, 0, 0)
         if kind == 0:  # block padding
             pos += left
             continue
-        chunk, pos = chunk + raw[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = chunk + raw[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(chunk)
@@ -172,11 +213,17 @@ def test_wandb_offline_needs_no_network_and_keeps_every_test_metric(phantom_dir,
         summary = json.loads(summary_file.read_text())
     else:
         records = wandb_records(next(offline.glob("run-*.wandb")))
-        summary = {item.key: json.loads(item.value_json) for r in records
-                   if r.WhichOneof("record_type") == "summary" for item in r.summary.update}
+        summary = {
+            item.key: json.loads(item.value_json)
+            for r in records
+            if r.WhichOneof("record_type") == "summary"
+            for item in r.summary.update
+        }
         (header,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-        assert header.run_group.startswith("train-") and list(header.tags)[:2] == ["penn",
-                                                                                    "phantom"]
+        assert header.run_group.startswith("train-") and list(header.tags)[:2] == [
+            "penn",
+            "phantom",
+        ]
     expected = metrics(run)
     for m in METRICS:
         assert summary[f"test/pixel/{m}"] == pytest.approx(expected[f"test/pixel/{m}"])
@@ -185,10 +232,20 @@ def test_wandb_offline_needs_no_network_and_keeps_every_test_metric(phantom_dir,
 def test_optuna_search_survives_an_undefined_metric(phantom_dir, tmp_path):
     sweep = tmp_path / "search"
     # a metric key no run writes: train() scores every trial 0.0 instead of NaN
-    penn_run(["+experiment=search_optuna", f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=2",
-              "optimized_metric=val/pixel/not_a_metric",
-              *tiny("model.n_layers=range(1,3)", "model.n_nodes=choice(8,16)",
-                    "data.patches.stride=choice(4,8)")], phantom_dir)
+    penn_run(
+        [
+            "+experiment=search_optuna",
+            f"hydra.sweep.dir={sweep}",
+            "hydra.sweeper.n_trials=2",
+            "optimized_metric=val/pixel/not_a_metric",
+            *tiny(
+                "model.n_layers=range(1,3)",
+                "model.n_nodes=choice(8,16)",
+                "data.patches.stride=choice(4,8)",
+            ),
+        ],
+        phantom_dir,
+    )
     result = OmegaConf.load(sweep / "optimization_results.yaml")
     assert result.best_value == 0.0
     assert len(jobs(sweep)) == 2

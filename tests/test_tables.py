@@ -32,13 +32,21 @@ def fake_job(folder, config: dict, metrics: dict) -> None:
 
 
 def penn_config(n_layers=3, n_nodes=200, lam=0.004, beta=4.0, seed=1) -> dict:
-    return {"seed": seed, "model": {"name": "penn", "n_layers": n_layers, "n_nodes": n_nodes,
-                                    "sae": {"lambda_l2": lam, "beta": beta, "rho": 0.15}}}
+    return {
+        "seed": seed,
+        "model": {
+            "name": "penn",
+            "n_layers": n_layers,
+            "n_nodes": n_nodes,
+            "sae": {"lambda_l2": lam, "beta": beta, "rho": 0.15},
+        },
+    }
 
 
 def pixel_metrics(value: float) -> dict:
-    return {f"test/pixel/{m}": value for m in
-            ("precision", "recall", "accuracy", "f1", "iou", "dice")}
+    return {
+        f"test/pixel/{m}": value for m in ("precision", "recall", "accuracy", "f1", "iou", "dice")
+    }
 
 
 def test_mean_std_leaves_out_undefined_values():
@@ -56,7 +64,9 @@ def test_collect_runs_reads_configs_not_folder_names(tmp_path):
     (tmp_path / "stray" / "metrics.json").write_text("{}")  # no .hydra: not a job
     runs = collect_runs([tmp_path])
     assert {(r.get("model.n_layers"), r.metrics["test/pixel/dice"]) for r in runs} == {
-        (1, 0.1), (4, 0.2)}
+        (1, 0.1),
+        (4, 0.2),
+    }
 
 
 def test_collect_runs_names_an_empty_or_missing_folder(tmp_path):
@@ -70,8 +80,11 @@ def test_grid_averages_seeds_per_cell(tmp_path):
     values = {(1, 50): [0.5, 0.7], (1, 100): [0.6, 0.6], (2, 50): [0.9, None]}
     for k, ((layers, nodes), seeds) in enumerate(values.items()):
         for seed, v in enumerate(seeds):
-            fake_job(tmp_path / f"{k}{seed}", penn_config(layers, nodes, seed=seed),
-                     {"val/pixel/dice": v})
+            fake_job(
+                tmp_path / f"{k}{seed}",
+                penn_config(layers, nodes, seed=seed),
+                {"val/pixel/dice": v},
+            )
     g = grid(collect_runs([tmp_path]), "val/pixel/dice")
     assert (g.rows, g.cols) == ([1, 2], [50, 100])
     np.testing.assert_allclose(g.mean, [[60.0, 60.0], [90.0, np.nan]])
@@ -86,12 +99,15 @@ def test_grid_averages_seeds_per_cell(tmp_path):
 
 def test_table1_puts_the_unregularised_row_first_with_the_papers_numbers(tmp_path):
     for seed, (plain, regular) in enumerate([(0.80, 0.90), (0.82, 0.94)]):
-        fake_job(tmp_path / f"a{seed}", penn_config(lam=0.0, beta=0.0, seed=seed),
-                 pixel_metrics(plain))
+        fake_job(
+            tmp_path / f"a{seed}", penn_config(lam=0.0, beta=0.0, seed=seed), pixel_metrics(plain)
+        )
         fake_job(tmp_path / f"b{seed}", penn_config(seed=seed), pixel_metrics(regular))
     table = table1(collect_runs([tmp_path]))
     assert [(r.label, r.n) for r in table.rows] == [
-        ("penn, lambda = beta = 0", 2), ("penn, lambda = 0.004, beta = 4, rho = 0.15", 2)]
+        ("penn, lambda = beta = 0", 2),
+        ("penn, lambda = 0.004, beta = 4, rho = 0.15", 2),
+    ]
     assert table.rows[0].ours["dice"] == pytest.approx((81.0, 100 * math.sqrt(0.0002)))
     assert table.rows[0].paper == PAPER_TABLE1["unregularised"]
     assert table.rows[1].paper["dice"] == 91.1
@@ -100,7 +116,7 @@ def test_table1_puts_the_unregularised_row_first_with_the_papers_numbers(tmp_pat
     assert "not ours" in markdown
     csv_lines = to_csv(table).splitlines()
     assert csv_lines[0].startswith("method,n,precision_mean,precision_std,precision_paper")
-    assert csv_lines[2].startswith("\"penn, lambda = 0.004, beta = 4, rho = 0.15\",2,92.0000,")
+    assert csv_lines[2].startswith('"penn, lambda = 0.004, beta = 4, rho = 0.15",2,92.0000,')
 
 
 def test_table2_works_with_penn_rows_only_and_orders_models_like_the_paper(tmp_path):

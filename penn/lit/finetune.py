@@ -53,7 +53,14 @@ class FinetuneModule(L.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(class_probabilities(logits.detach()), targets)
         on_step = stage == "train"
-        self.log(f"{stage}/patch/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True)
+        self.log(
+            f"{stage}/patch/loss",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            sync_dist=not on_step,
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True)
         return loss
 

@@ -22,12 +22,21 @@ class PretrainModule(L.LightningModule):
     Args:
         net: the whole stack (earlier stages already pretrained).
         stage: index of the stage to train.
-        lambda_l2, beta, rho, l2_on: sparse autoencoder loss settings (see ``SparseAutoencoder.loss``).
+        lambda_l2, beta, rho, l2_on: sparse autoencoder loss settings
+            (see ``SparseAutoencoder.loss``).
         optimizer: partial optimizer taking the parameters.
     """
 
-    def __init__(self, net: StackedSparseAutoencoder, stage: int, lambda_l2: float, beta: float,
-                 rho: float, l2_on: str, optimizer: Callable[..., torch.optim.Optimizer]):  # fmt: skip
+    def __init__(
+        self,
+        net: StackedSparseAutoencoder,
+        stage: int,
+        lambda_l2: float,
+        beta: float,
+        rho: float,
+        l2_on: str,
+        optimizer: Callable[..., torch.optim.Optimizer],
+    ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.net, self.stage, self.optimizer = net, stage, optimizer
@@ -40,9 +49,13 @@ class PretrainModule(L.LightningModule):
         with torch.no_grad():
             codes = self.net.encode(patches, depth=self.stage)
         hp = self.hparams
-        loss, terms = self.net.stages[self.stage].loss(codes, hp.lambda_l2, hp.beta, hp.rho, hp.l2_on)
+        loss, terms = self.net.stages[self.stage].loss(
+            codes, hp.lambda_l2, hp.beta, hp.rho, hp.l2_on
+        )
         prefix = f"pretrain/stage{self.stage + 1}"
-        self.log(f"{prefix}/loss", loss, prog_bar=True, on_step=False, on_epoch=True)
+        self.log(
+            f"{prefix}/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True
+        )
         self.log_dict({f"{prefix}/{k}": v for k, v in terms.items()}, on_step=False, on_epoch=True)
         return loss
 
