@@ -1,0 +1,90 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from penn.models.baselines.multiresunet import MultiResUNet, multires_widths
+from penn.models.baselines.opconvnet import OPConvNet
+from penn.models.baselines.padding import crop_to, pad_to_multiple
+from penn.models.baselines.unet import UNet
+
+
+def small_unet(n_outputs: int = 1) -> UNet:
+    return UNet(in_channels=1, n_outputs=n_outputs, base_channels=4, depth=4)
+
+
+def small_multiresunet(n_outputs: int = 1) -> MultiResUNet:
+    return MultiResUNet(in_channels=1, n_outputs=n_outputs, base_channels=4, alpha=1.67)
+
+
+def n_parameters(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("size", [(32, 32), (45, 37), (33, 64)])
+def test_pad_then_crop_restores_the_slice(size):
+    x = torch.rand(2, 1, *size)
+    padded, original = pad_to_multiple(x, 16)
+    assert padded.shape[-2] % 16 == 0 and padded.shape[-1] % 16 == 0
+    assert original == size
+    assert torch.equal(crop_to(padded, original), x)
+
+
+@pytest.mark.parametrize("make", [small_unet, small_multiresunet])
+@pytest.mark.parametrize("size", [(16, 16), (45, 37), (17, 33)])
+def test_pixel_nets_keep_the_input_size(make, size):
+    net = make(n_outputs=3).eval()
+    assert net(torch.rand(2, 1, *size)).shape == (2, 3, *size)
+
+
+def test_opconvnet_maps_patches_to_logits():
+    net = OPConvNet(patch_size=32, n_outputs=1, channels=(32, 64, 128), hidden=256, dropout=0.5)
+    assert net(torch.rand(5, 1, 32, 32)).shape == (5, 1)
+    assert net(torch.rand(5, 32 * 32)).shape == (5, 1)  # flattened patches, as PENN takes them
+    assert 0.78e6 < n_parameters(net) < 0.84e6  # BASELINES §4.5: about 0.8 M
+    with pytest.raises(ValueError, match="patch_size 20"):
+        OPConvNet(patch_size=20, n_outputs=1, channels=(8, 8, 8), hidden=4, dropout=0.0)
+
+
+def _loss_before_and_after_one_step(net, x, target):
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.train()
+    losses = []
+    for _ in range(2):  # the second forward pass measures the loss after the first step
+        optimizer.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(net(x), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("make", [small_unet, small_multiresunet])
+def test_pixel_nets_learn_a_fixed_batch(make):
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 16, 16)
+    target = (x > 0.5).float()
+    losses = _loss_before_and_after_one_step(make(), x, target)
+    assert losses[1] < losses[0]
+
+
+def test_opconvnet_learns_a_fixed_batch():
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 16, 16)
+    target = (x.mean(dim=(1, 2, 3)) > 0.5).float()[:, None]
+    net = OPConvNet(patch_size=16, n_outputs=1, channels=(4, 8, 8), hidden=16, dropout=0.0)
+    losses = _loss_before_and_after_one_step(net, x, target)
+    assert losses[1] < losses[0]
+
+
+def test_multiresunet_follows_the_keras_channel_rule():
+    assert multires_widths(32, 1.67) == (8, 17, 26)
+    net = MultiResUNet(in_channels=1, n_outputs=1, base_channels=32, alpha=1.67)
+    assert net.block_widths == [51, 105, 212, 426, 853]
+    # Keras counts BN moving statistics as (non-trainable) parameters: about 7.26 M in all
+    running = sum(b.numel() for name, b in net.named_buffers() if "running" in name)
+    assert abs(n_parameters(net) + running - 7.26e6) < 0.01e6
+
+
+def test_unet_has_the_reference_size():
+    net = UNet(in_channels=1, n_outputs=2, base_channels=64, depth=4)
+    assert abs(n_parameters(net) - 31.0e6) < 0.1e6  # BASELINES §4.1: about 31.0 M
