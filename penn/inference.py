@@ -4,6 +4,7 @@ A patch classifier whose first layer sees the n x n patch and whose other layers
 layer's codes is exactly a network of one n x n convolution followed by 1 x 1 convolutions.
 Run at a stride s over a whole slice it classifies every patch of the grid in one pass; each
 pixel then takes the mean class probability of the patches that cover it (PAPER.md step 8).
+Other patch classifiers (e.g. OP-convNet) classify the same grid of patches, unfolded in batches.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from penn.models.sparse_ae import StackedSparseAutoencoder
 
 __all__ = [
     "to_fully_convolutional",
+    "patch_logits",
+    "classify_unfolded",
     "segment_slices",
     "decide",
     "calibrate_threshold",
@@ -69,23 +72,52 @@ def _spread(patch_values: torch.Tensor, patch_size: int, stride: int) -> torch.T
     return F.conv_transpose2d(out, ones_x, stride=(1, stride), groups=k)
 
 
+def classify_unfolded(
+    net: nn.Module, x: torch.Tensor, stride: int, batch_patches: int
+) -> torch.Tensor:
+    """Logits (B, K, ny, nx) of any patch classifier on every grid patch of x (B, 1, H, W).
+
+    Patches are unfolded at ``stride`` (row-major grid, corner (i * stride, j * stride)) and
+    classified ``batch_patches`` at a time.
+    """
+    n = net.patch_size
+    ny, nx = (x.shape[2] - n) // stride + 1, (x.shape[3] - n) // stride + 1
+    patches = F.unfold(x, n, stride=stride).transpose(1, 2).reshape(-1, 1, n, n)  # (B*L, 1, n, n)
+    logits = torch.cat([net(chunk) for chunk in patches.split(batch_patches)])
+    return logits.reshape(x.shape[0], ny, nx, -1).permute(0, 3, 1, 2)
+
+
+def patch_logits(net: nn.Module, stride: int, batch_patches: int):
+    """A function x (B, 1, H, W) -> logits (B, K, ny, nx) over the patch grid at ``stride``.
+
+    A :class:`StackedSparseAutoencoder` runs as its fully convolutional twin; any other patch
+    classifier with a ``patch_size`` attribute, input (B, 1, n, n) and output (B, K), classifies
+    the unfolded patches ``batch_patches`` at a time (put it in eval mode first).
+    """
+    if isinstance(net, StackedSparseAutoencoder):
+        return to_fully_convolutional(net, stride).to(next(net.parameters()).device)
+    return lambda x: classify_unfolded(net, x, stride, batch_patches)
+
+
 @torch.inference_mode()
 def segment_slices(
-    net: StackedSparseAutoencoder,
+    net: nn.Module,
     slices: np.ndarray,
     stride: int,
     batch_slices: int,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    batch_patches: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of every pixel of a stack of slices.
 
     Args:
-        net: trained patch classifier.
+        net: trained patch classifier (see :func:`patch_logits`).
         slices: (S, H, W) float32 preprocessed slices.
         stride: patch grid step in pixels (1 = a patch centred on every pixel).
         batch_slices: slices per forward pass (bounds memory).
         device: where to run.
+        batch_patches: patches per forward pass for classifiers without a convolutional twin.
 
     Returns:
         (pixel probabilities (S, K, H, W), patch probabilities (S, K, ny, nx)) as float32, where
@@ -93,7 +125,9 @@ def segment_slices(
         the patch grid starts at (0, 0) and row/col i is the patch with corner i * stride.
     """
     n = net.patch_size
-    fcn = to_fully_convolutional(net, stride).to(device)
+    was_training = net.training
+    net.eval().to(device)
+    classify = patch_logits(net, stride, batch_patches)
     _, height, width = slices.shape
     pad_y, pad_x = _pad_amount(height, n, stride), _pad_amount(width, n, stride)
     pixel_chunks, patch_chunks, counts = [], [], None
@@ -102,13 +136,14 @@ def segment_slices(
         x = torch.from_numpy(slices[start : start + batch_slices]).to(device)[:, None]
         mode = "reflect" if pad_y < height and pad_x < width else "replicate"
         x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
-        logits = fcn(x)
+        logits = classify(x)
         probs = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
         if counts is None:
             counts = _spread(torch.ones_like(probs[:1, :1]), n, stride)
         pixel = _spread(probs, n, stride) / counts
         pixel_chunks.append(pixel[:, :, :height, :width].float().cpu().numpy())
         patch_chunks.append(probs.float().cpu().numpy())
+    net.train(was_training)
     return np.concatenate(pixel_chunks), np.concatenate(patch_chunks)
 
 

@@ -1,11 +1,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 from penn.models.baselines.multiresunet import MultiResUNet, multires_widths
 from penn.models.baselines.opconvnet import OPConvNet
 from penn.models.baselines.padding import crop_to, pad_to_multiple
 from penn.models.baselines.unet import UNet
+
+from .conftest import CONF
 
 
 def small_unet(n_outputs: int = 1) -> UNet:
@@ -88,3 +92,12 @@ def test_multiresunet_follows_the_keras_channel_rule():
 def test_unet_has_the_reference_size():
     net = UNet(in_channels=1, n_outputs=2, base_channels=64, depth=4)
     assert abs(n_parameters(net) - 31.0e6) < 0.1e6  # BASELINES §4.1: about 31.0 M
+
+
+def test_opconvnet_config_builds_the_patch_cnn_without_pretraining():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["model=opconvnet"])
+    net = instantiate(cfg.model.net, n_outputs=1)
+    assert isinstance(net, OPConvNet) and cfg.model.pretrain.epochs == 0
+    n = cfg.data.patches.size
+    assert net(torch.rand(2, 1, n, n)).shape == (2, 1)

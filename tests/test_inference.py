@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from penn.inference import calibrate_threshold, decide, postprocess, segment_slices
+from penn.inference import (
+    calibrate_threshold,
+    classify_unfolded,
+    decide,
+    patch_logits,
+    postprocess,
+    segment_slices,
+    to_fully_convolutional,
+)
+from penn.models.baselines.opconvnet import OPConvNet
 from penn.models.sparse_ae import StackedSparseAutoencoder
 from penn.patches import grid_starts
 
@@ -14,7 +23,8 @@ def patch_by_patch(net, slices, stride):
     pad_h = (max(h, n) - h) + (-(max(h, n) - n)) % stride
     pad_w = (max(w, n) - w) + (-(max(w, n) - n)) % stride
     padded = np.pad(slices, ((0, 0), (0, pad_h), (0, pad_w)), mode="reflect")
-    k = net.head.out_features
+    with torch.no_grad():
+        k = net(torch.zeros(1, 1, n, n)).shape[1]
     total = np.zeros((s_count, k) + padded.shape[1:])
     count = np.zeros(padded.shape[1:])
     with torch.no_grad():
@@ -45,6 +55,35 @@ def test_dense_output_equals_patch_by_patch(stride, n_outputs):
         logits = net(torch.from_numpy(slices[1:2, None, stride : stride + 8, 0:8].copy()))
     first = torch.sigmoid(logits)[0, 0] if n_outputs == 1 else logits.softmax(1)[0, 0]
     assert patch_probs[1, 0, 1, 0] == pytest.approx(first.item(), abs=1e-5)
+
+
+def test_unfolded_patches_match_the_fully_convolutional_twin():
+    torch.manual_seed(0)
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=2).eval()
+    for p in net.parameters():
+        p.data *= 3
+    x = torch.rand(2, 1, 20, 17)
+    with torch.no_grad():
+        fcn = to_fully_convolutional(net, 3)(x)
+        unfolded = classify_unfolded(net, x, 3, batch_patches=7)
+        chosen = patch_logits(net, 3, batch_patches=7)(x)
+    assert fcn.shape == unfolded.shape == (2, 2, 5, 4)
+    torch.testing.assert_close(unfolded, fcn, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chosen, fcn, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("stride", [1, 5])
+def test_patch_cnn_dense_output_equals_patch_by_patch(stride):
+    torch.manual_seed(0)
+    net = OPConvNet(patch_size=8, n_outputs=1, channels=(4, 8), hidden=8, dropout=0.5)
+    net.classifier[-1].weight.data *= 100  # untrained BN statistics leave the logits near 0
+    net.train()  # segment_slices must switch BN and dropout to eval and restore the mode
+    slices = np.random.default_rng(0).random((2, 13, 11)).astype(np.float32)
+    dense, patch_probs = segment_slices(net, slices, stride, batch_slices=1, batch_patches=5)
+    assert net.training
+    expected = patch_by_patch(net.eval(), slices, stride)
+    np.testing.assert_allclose(dense, expected, atol=1e-5)
+    assert dense.shape == (2, 1, 13, 11) and dense.std() > 1e-3
 
 
 def test_slices_smaller_than_a_patch_are_padded():
