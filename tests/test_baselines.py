@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from penn.models.baselines.multiresunet import MultiResUNet, multires_widths
 from penn.models.baselines.opconvnet import OPConvNet
 from penn.models.baselines.padding import crop_to, pad_to_multiple
+from penn.models.baselines.sau_net import SAUNet, neighbour_triplets
 from penn.models.baselines.unet import UNet
 
 from .conftest import CONF
@@ -101,3 +102,33 @@ def test_opconvnet_config_builds_the_patch_cnn_without_pretraining():
     assert isinstance(net, OPConvNet) and cfg.model.pretrain.epochs == 0
     n = cfg.data.patches.size
     assert net(torch.rand(2, 1, n, n)).shape == (2, 1)
+
+
+def small_saunet(n_outputs: int = 1) -> SAUNet:
+    return SAUNet(n_outputs=n_outputs, stem_channels=4, growth=4, depth=2, encoder_layers=2,
+                  decoder_layers=2, decoder_channels=8, feature_channels=8)  # fmt: skip
+
+
+def test_saunet_keeps_the_slice_size():
+    net = small_saunet(n_outputs=3).eval()
+    assert net(torch.rand(2, 3, 21, 19)).shape == (2, 3, 21, 19)
+
+
+def test_isa_on_identical_slices_scales_features_by_one_plus_two_gates():
+    torch.manual_seed(0)
+    net = small_saunet().eval()
+    feats = torch.randn(2, 8, 5, 6)
+    with torch.no_grad():
+        expected = net.head(feats * (1 + 2 * torch.sigmoid(net.attention(feats))))
+        torch.testing.assert_close(net.attend(feats, feats, feats), expected)
+
+
+def test_saunet_volume_features_computed_once_equal_the_per_slice_run():
+    torch.manual_seed(0)
+    net = small_saunet().eval()
+    slices = torch.rand(5, 1, 16, 20)
+    triplets = neighbour_triplets(slices, 2)
+    assert torch.equal(triplets[0, 0], slices[0, 0]) and torch.equal(triplets[4, 2], slices[4, 0])
+    assert torch.equal(triplets[2, 0], slices[0, 0]) and torch.equal(triplets[2, 2], slices[4, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(net.segment_volume(slices, 2), net(triplets), atol=1e-5, rtol=0)
