@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from penn.models.baselines.dtvnet import DTVNet, contour_target
 from penn.models.baselines.multiresunet import MultiResUNet, multires_widths
 from penn.models.baselines.opconvnet import OPConvNet
 from penn.models.baselines.padding import crop_to, pad_to_multiple
@@ -132,3 +133,31 @@ def test_saunet_volume_features_computed_once_equal_the_per_slice_run():
     assert torch.equal(triplets[2, 0], slices[0, 0]) and torch.equal(triplets[2, 2], slices[4, 0])
     with torch.no_grad():
         torch.testing.assert_close(net.segment_volume(slices, 2), net(triplets), atol=1e-5, rtol=0)
+
+
+def small_dtvnet() -> DTVNet:
+    return DTVNet(in_channels=1, n_outputs=1, base_channels=4, aux_channels=2, depth=4,
+                  rates=[2, 4, 6], image_pooling=True)  # fmt: skip
+
+
+def test_contour_target_is_a_band_around_the_mask_and_empty_without_one():
+    assert contour_target(torch.zeros(1, 1, 8, 8)).sum() == 0
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    band = contour_target(mask)[0, 0]
+    expected = torch.zeros(8, 8)
+    expected[1:7, 1:7] = 1
+    expected[3:5, 3:5] = 0  # dilation (6x6) minus erosion (2x2)
+    assert torch.equal(band, expected)
+
+
+def test_dtvnet_mask_comes_from_the_main_head_alone():
+    torch.manual_seed(0)
+    net = small_dtvnet().eval()
+    x = torch.rand(2, 1, 21, 19)
+    with torch.no_grad():
+        mask, contour = net(x)
+        net.contour_head.weight.add_(1.0)
+        mask_after, contour_after = net(x)
+    assert mask.shape == contour.shape == (2, 1, 21, 19)
+    assert torch.equal(mask, mask_after) and not torch.equal(contour, contour_after)
