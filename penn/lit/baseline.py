@@ -1,0 +1,117 @@
+"""Training of the pixel-wise baselines (UNet, MultiResUNet, D-TVNet, SAU-Net) on whole slices.
+
+Loss (BASELINES.md §3): BCE + soft Dice for one logit, cross-entropy + soft Dice over the
+foreground classes for C logits; D-TVNet adds ``contour_weight`` * BCE on its contour branch
+with ``pos_weight`` = background / contour pixels (§4.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from typing_extensions import override
+
+from penn.lit.finetune import class_probabilities
+from penn.metrics import patch_metric_collection
+from penn.models.baselines.dtvnet import contour_target
+
+__all__ = ["SegmentationModule", "segmentation_loss", "soft_dice_loss"]
+
+
+def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice, pooled over the batch; mean over foreground classes for C > 1.
+
+    Args:
+        logits: (B, K, H, W); K = 1 (sigmoid) or the class count (softmax).
+        masks: (B, H, W) integer class map.
+    """
+    if logits.shape[1] == 1:
+        probs, truth = torch.sigmoid(logits[:, :1]), (masks[:, None] > 0).float()
+    else:
+        probs = logits.softmax(dim=1)[:, 1:]
+        truth = F.one_hot(masks.long(), logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].float()
+    dims = (0, 2, 3)
+    dice = (2 * (probs * truth).sum(dims) + eps) / (probs.sum(dims) + truth.sum(dims) + eps)
+    return 1 - dice.mean()
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, dice_weight: float):
+    """BCE (K = 1) or cross-entropy (K > 1) + ``dice_weight`` * soft Dice loss."""
+    if logits.shape[1] == 1:
+        data_term = F.binary_cross_entropy_with_logits(logits[:, 0], (masks > 0).float())
+    else:
+        data_term = F.cross_entropy(logits, masks.long())
+    return data_term + dice_weight * soft_dice_loss(logits, masks)
+
+
+def contour_loss(contour_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """BCE on the contour map, positives weighted by background / contour pixels."""
+    target = contour_target((masks[:, None] > 0).float())
+    n_contour = target.sum()
+    pos_weight = (target.numel() - n_contour) / n_contour.clamp(min=1)
+    return F.binary_cross_entropy_with_logits(contour_logits, target, pos_weight=pos_weight)
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a slice network on (images (B, C, H, W), masks (B, H, W)) batches.
+
+    Args:
+        net: pixel-wise network; returns logits (B, K, H, W), or (logits, contour logits).
+        n_classes: classes including background (2 for a binary target).
+        optimizer: partial optimizer taking the parameters (BASELINES §3: AdamW 1e-4).
+        dice_weight: weight of the soft Dice term (0: BCE / CE alone, MultiResUNet's faithful loss).
+        contour_weight: weight of the contour term for nets with a contour branch (D-TVNet).
+    """
+
+    def __init__(self, net: torch.nn.Module, n_classes: int,
+                 optimizer: Callable[..., torch.optim.Optimizer], dice_weight: float,
+                 contour_weight: float):  # fmt: skip
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net, self.optimizer = net, optimizer
+        self.dice_weight, self.contour_weight = dice_weight, contour_weight
+        self.train_metrics = patch_metric_collection(n_classes, "train/pixel/")
+        self.val_metrics = patch_metric_collection(n_classes, "val/pixel/")
+        self.test_metrics = patch_metric_collection(n_classes, "test/pixel/")
+
+    @override
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Mask logits (B, K, H, W) only; a contour branch is for training."""
+        out = self.net(images)
+        return out[0] if isinstance(out, tuple) else out
+
+    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+        images, masks = batch
+        out = self.net(images)
+        logits, contour = out if isinstance(out, tuple) else (out, None)
+        loss = segmentation_loss(logits, masks, self.dice_weight)
+        if contour is not None:
+            loss = loss + self.contour_weight * contour_loss(contour, masks)
+        probs = class_probabilities(logits.detach().movedim(1, -1).reshape(-1, logits.shape[1]))
+        metrics = getattr(self, f"{stage}_metrics")
+        targets = masks > 0 if logits.shape[1] == 1 else masks
+        metrics.update(probs, targets.reshape(-1).long())
+        on_step = stage == "train"
+        self.log(f"{stage}/pixel/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True,
+                 sync_dist=not on_step)  # fmt: skip
+        self.log_dict(metrics, on_step=False, on_epoch=True)
+        return loss
+
+    @override
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    @override
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    @override
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer(self.net.parameters())

@@ -1,0 +1,71 @@
+import functools
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from penn.lit.baseline import SegmentationModule, segmentation_loss, soft_dice_loss
+from penn.models.baselines.dtvnet import DTVNet
+from penn.models.baselines.unet import UNet
+
+
+def square_masks() -> torch.Tensor:
+    masks = torch.zeros(2, 8, 8, dtype=torch.long)
+    masks[:, 2:6, 2:6] = 1
+    return masks
+
+
+def test_soft_dice_loss_is_zero_when_right_and_one_when_wrong():
+    masks = square_masks()
+    right = (masks[:, None].float() * 2 - 1) * 30  # +30 inside, -30 outside
+    assert soft_dice_loss(right, masks).item() < 1e-3
+    assert soft_dice_loss(-right, masks).item() > 0.9
+
+
+def test_multiclass_dice_scores_the_foreground_classes_only():
+    masks = square_masks()
+    logits = torch.full((2, 3, 8, 8), -30.0)
+    logits[:, 0] = 30.0 * (masks == 0)
+    logits[:, 1] = 30.0 * (masks == 1)
+    # class 2 never occurs and is never predicted: the eps-smoothed Dice gives it 1
+    assert soft_dice_loss(logits, masks).item() < 1e-3
+    assert segmentation_loss(logits, masks, dice_weight=1.0).item() < 1e-3
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")  # no Trainer attached
+def test_contour_branch_adds_its_weighted_loss():
+    torch.manual_seed(0)
+    net = DTVNet(in_channels=1, n_outputs=1, base_channels=2, aux_channels=2, depth=2,
+                 rates=[1, 2], image_pooling=False).eval()  # fmt: skip
+    batch = (torch.rand(2, 1, 8, 8), square_masks())
+    adam = functools.partial(torch.optim.Adam, lr=1e-3)
+    losses = [
+        SegmentationModule(net, 2, adam, dice_weight=1.0, contour_weight=w)._shared_step(
+            batch, "val"
+        )
+        for w in (0.0, 1.0)
+    ]
+    assert losses[1] > losses[0]
+
+
+def test_unet_trains_and_logs_pixel_metrics(tmp_path):
+    torch.manual_seed(0)
+    images = torch.rand(4, 1, 20, 18)
+    masks = (images[:, 0] > 0.5).long()
+    loader = DataLoader(TensorDataset(images, masks), batch_size=2)
+    net = UNet(in_channels=1, n_outputs=1, base_channels=2, depth=2)
+    module = SegmentationModule(
+        net, 2, functools.partial(torch.optim.AdamW, lr=1e-2), dice_weight=1.0, contour_weight=0.0
+    )
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    with torch.no_grad():
+        first = segmentation_loss(net.eval()(images), masks, 1.0).item()
+    net.train()
+    trainer.fit(module, loader, loader)
+    assert {"train/pixel/loss", "val/pixel/loss", "val/pixel/dice"} <= set(trainer.callback_metrics)
+    with torch.no_grad():
+        last = segmentation_loss(module.eval()(images), masks, 1.0).item()
+    assert last < first
