@@ -25,6 +25,7 @@ __all__ = [
     "patch_logits",
     "classify_unfolded",
     "segment_slices",
+    "segment_slices_pixelwise",
     "decide",
     "calibrate_threshold",
     "postprocess",
@@ -145,6 +146,28 @@ def segment_slices(
         patch_chunks.append(probs.float().cpu().numpy())
     net.train(was_training)
     return np.concatenate(pixel_chunks), np.concatenate(patch_chunks)
+
+
+@torch.inference_mode()
+def segment_slices_pixelwise(
+    net: nn.Module, slices: np.ndarray, batch_slices: int, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """Class probabilities (S, K, H, W) float32 of a pixel-wise net on (S, H, W) slices.
+
+    ``net`` maps (B, 1, H, W) to logits (B, K, H, W), or to a tuple whose first item they are
+    (D-TVNet's contour branch is ignored). K = 1: sigmoid; else softmax (BASELINES §3).
+    """
+    was_training = net.training
+    net.eval().to(device)
+    chunks = []
+    for start in range(0, len(slices), batch_slices):
+        x = torch.from_numpy(slices[start : start + batch_slices]).to(device)[:, None]
+        logits = net(x)
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        probs = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
+        chunks.append(probs.float().cpu().numpy())
+    net.train(was_training)
+    return np.concatenate(chunks)
 
 
 def decide(probs: np.ndarray, threshold: float | None) -> np.ndarray:

@@ -9,8 +9,10 @@ from penn.inference import (
     patch_logits,
     postprocess,
     segment_slices,
+    segment_slices_pixelwise,
     to_fully_convolutional,
 )
+from penn.models.baselines.dtvnet import DTVNet
 from penn.models.baselines.opconvnet import OPConvNet
 from penn.models.sparse_ae import StackedSparseAutoencoder
 from penn.patches import grid_starts
@@ -84,6 +86,18 @@ def test_patch_cnn_dense_output_equals_patch_by_patch(stride):
     expected = patch_by_patch(net.eval(), slices, stride)
     np.testing.assert_allclose(dense, expected, atol=1e-5)
     assert dense.shape == (2, 1, 13, 11) and dense.std() > 1e-3
+
+
+def test_pixelwise_nets_segment_in_batches_with_the_main_head():
+    torch.manual_seed(0)
+    net = DTVNet(in_channels=1, n_outputs=1, base_channels=2, aux_channels=2, depth=2,
+                 rates=[1, 2], image_pooling=False)  # fmt: skip
+    slices = np.random.default_rng(0).random((3, 13, 11)).astype(np.float32)
+    probs = segment_slices_pixelwise(net, slices, batch_slices=2)
+    assert net.training and probs.shape == (3, 1, 13, 11)
+    with torch.no_grad():
+        expected = torch.sigmoid(net.eval()(torch.from_numpy(slices)[:, None])[0]).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
 
 
 def test_slices_smaller_than_a_patch_are_padded():
