@@ -13,9 +13,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
 
 from penn.checkpoint import save_model
 from penn.models.sparse_ae import StackedSparseAutoencoder
+from penn.predict import predict
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 PATCH = 8
 STEPS = (0.25, 0.7)  # patch-mean thresholds of the two hidden units (normalised intensity)
@@ -96,3 +100,19 @@ def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
     img.set_sform(affine, code=1)
     nib.save(img, str(path))
     return path
+
+
+def run_predict(ckpt: Path, source: Path, out: Path, *overrides: str) -> list[dict]:
+    """Runs `penn predict` in process with the composed predict config."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[
+                f"ckpt={ckpt}",
+                f"input={source}",
+                f"output={out}",
+                "progress=false",
+                *overrides,
+            ],
+        )
+    return predict(cfg)

@@ -8,15 +8,15 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from hydra import compose, initialize_config_dir
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from penn.dicom import read_dicom_series
 from penn.io import DataError
-from penn.predict import predict
 
-from .predict_helpers import save_nifti, spine_volume, write_model
+from .predict_helpers import run_predict, save_nifti, spine_volume, write_model
+
+QUICK = ("overlays=0", "mesh.enabled=false")
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -93,22 +93,6 @@ def test_a_shuffled_series_reads_like_a_sorted_one(tmp_path):
     np.testing.assert_array_equal(a.affine, b.affine)
 
 
-def run_predict(ckpt: Path, source: Path, out: Path) -> None:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt={ckpt}",
-                f"input={source}",
-                f"output={out}",
-                "progress=false",
-                "overlays=0",
-                "mesh.enabled=false",
-            ],
-        )
-    predict(cfg)
-
-
 def test_dicom_series_gives_the_same_mask_as_the_nifti_of_its_volume(tmp_path):
     model = write_model(tmp_path / "model.pt", 3)
     image, _ = spine_volume((8, 40, 72))  # canonical (L-R, P-A, I-S)
@@ -117,8 +101,8 @@ def test_dicom_series_gives_the_same_mask_as_the_nifti_of_its_volume(tmp_path):
     stored = np.round((native - INTERCEPT) / SLOPE).astype(np.uint16)
     write_series(tmp_path / "dicom" / "series1", stored)
     save_nifti(tmp_path / "series1.nii.gz", stored * SLOPE + INTERCEPT, EXPECTED_AFFINE)
-    run_predict(model, tmp_path / "dicom" / "series1", tmp_path / "from_dicom")
-    run_predict(model, tmp_path / "series1.nii.gz", tmp_path / "from_nifti")
+    run_predict(model, tmp_path / "dicom" / "series1", tmp_path / "from_dicom", *QUICK)
+    run_predict(model, tmp_path / "series1.nii.gz", tmp_path / "from_nifti", *QUICK)
     from_dicom = nib.load(tmp_path / "from_dicom" / "series1" / "mask.nii.gz")
     from_nifti = nib.load(tmp_path / "from_nifti" / "series1" / "mask.nii.gz")
     np.testing.assert_allclose(from_dicom.affine, EXPECTED_AFFINE, atol=1e-9)
@@ -127,7 +111,7 @@ def test_dicom_series_gives_the_same_mask_as_the_nifti_of_its_volume(tmp_path):
     )
     assert set(np.unique(np.asanyarray(from_dicom.dataobj))) == {0, 1, 2}
     # a batch folder whose subfolder is the series gives the same mask again
-    run_predict(model, tmp_path / "dicom", tmp_path / "batch")
+    run_predict(model, tmp_path / "dicom", tmp_path / "batch", *QUICK)
     batch = nib.load(tmp_path / "batch" / "series1" / "mask.nii.gz")
     np.testing.assert_array_equal(np.asanyarray(batch.dataobj), np.asanyarray(from_dicom.dataobj))
 

@@ -14,16 +14,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from penn.checkpoint import CheckpointError, load_model, save_model
 from penn.cli import main as penn_cli
 from penn.clinical import class_volumes
 from penn.mesh import surface_mesh
-from penn.predict import predict
 from penn.prediction import PredictError
 
-from .predict_helpers import bright_region_net, meta, save_nifti, spine_volume, write_model
+from .predict_helpers import (
+    bright_region_net,
+    meta,
+    run_predict,
+    save_nifti,
+    spine_volume,
+    write_model,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -52,21 +57,6 @@ def reoriented(array: np.ndarray, codes: str) -> nib.Nifti1Image:
     out.set_sform(out.affine, code=1)
     out.header.set_xyzt_units("mm")
     return out
-
-
-def run_predict(ckpt: Path, source: Path, out: Path, *overrides: str) -> list[dict]:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "predict",
-            overrides=[
-                f"ckpt={ckpt}",
-                f"input={source}",
-                f"output={out}",
-                "progress=false",
-                *overrides,
-            ],
-        )
-    return predict(cfg)
 
 
 def canonical(img: nib.Nifti1Image) -> np.ndarray:

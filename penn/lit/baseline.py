@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
-from penn.lit.finetune import class_probabilities
-from penn.metrics import patch_metric_collection
+from penn.lit.finetune import SupervisedModule, class_probabilities
 from penn.models.baselines.dtvnet import contour_target
 
 __all__ = ["SegmentationModule", "segmentation_loss", "soft_dice_loss"]
@@ -55,7 +53,7 @@ def contour_loss(contour_logits: torch.Tensor, masks: torch.Tensor) -> torch.Ten
     return F.binary_cross_entropy_with_logits(contour_logits, target, pos_weight=pos_weight)
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(SupervisedModule):
     """Trains a slice network on (images (B, C, H, W), masks (B, H, W)) batches.
 
     Args:
@@ -69,13 +67,9 @@ class SegmentationModule(L.LightningModule):
     def __init__(self, net: torch.nn.Module, n_classes: int,
                  optimizer: Callable[..., torch.optim.Optimizer], dice_weight: float,
                  contour_weight: float):  # fmt: skip
-        super().__init__()
+        super().__init__(net, n_classes, optimizer, level="pixel")
         self.save_hyperparameters(ignore=["net", "optimizer"])
-        self.net, self.optimizer = net, optimizer
         self.dice_weight, self.contour_weight = dice_weight, contour_weight
-        self.train_metrics = patch_metric_collection(n_classes, "train/pixel/")
-        self.val_metrics = patch_metric_collection(n_classes, "val/pixel/")
-        self.test_metrics = patch_metric_collection(n_classes, "test/pixel/")
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -83,7 +77,8 @@ class SegmentationModule(L.LightningModule):
         out = self.net(images)
         return out[0] if isinstance(out, tuple) else out
 
-    def _shared_step(self, batch, stage: str) -> torch.Tensor:
+    @override
+    def _outputs(self, batch):
         images, masks = batch
         out = self.net(images)
         logits, contour = out if isinstance(out, tuple) else (out, None)
@@ -91,27 +86,5 @@ class SegmentationModule(L.LightningModule):
         if contour is not None:
             loss = loss + self.contour_weight * contour_loss(contour, masks)
         probs = class_probabilities(logits.detach().movedim(1, -1).reshape(-1, logits.shape[1]))
-        metrics = getattr(self, f"{stage}_metrics")
         targets = masks > 0 if logits.shape[1] == 1 else masks
-        metrics.update(probs, targets.reshape(-1).long())
-        on_step = stage == "train"
-        self.log(f"{stage}/pixel/loss", loss, prog_bar=True, on_step=on_step, on_epoch=True,
-                 sync_dist=not on_step)  # fmt: skip
-        self.log_dict(metrics, on_step=False, on_epoch=True)
-        return loss
-
-    @override
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
-
-    @override
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
-
-    @override
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
-
-    @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.net.parameters())
+        return loss, probs, targets.reshape(-1).long()

@@ -11,7 +11,7 @@ from typing_extensions import override
 
 from penn.metrics import patch_metric_collection
 
-__all__ = ["FinetuneModule", "class_probabilities"]
+__all__ = ["SupervisedModule", "FinetuneModule", "class_probabilities"]
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -19,48 +19,37 @@ def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(dim=1)
 
 
-class FinetuneModule(L.LightningModule):
-    """Trains the whole network on labelled patches (PAPER.md step 7).
+class SupervisedModule(L.LightningModule):
+    """Shared training loop of the supervised modules: metrics, logging, steps, optimizer.
+
+    Subclasses compute ``(loss, probabilities, targets)`` of a batch in :meth:`_outputs`; this
+    class logs ``{stage}/{level}/loss`` and the six metrics at ``{stage}/{level}/``.
 
     Args:
-        net: a patch classifier (``forward`` maps (B, 1, n, n) to logits (B, n_outputs)).
-        n_classes: patch classes including background (2 for a binary target).
-        optimizer: partial optimizer taking the parameters (SGD with momentum, Adam, LBFGS, ...).
+        net: the network.
+        n_classes: classes including background (2 for a binary target).
+        optimizer: partial optimizer taking the parameters.
+        level: metric level in the keys, ``patch`` or ``pixel``.
     """
 
     def __init__(self, net: torch.nn.Module, n_classes: int,
-                 optimizer: Callable[..., torch.optim.Optimizer]):  # fmt: skip
+                 optimizer: Callable[..., torch.optim.Optimizer], level: str):  # fmt: skip
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer"])
-        self.net, self.optimizer = net, optimizer
-        for param in net.parameters():
-            param.requires_grad_(True)
-        self.train_metrics = patch_metric_collection(n_classes, "train/patch/")
-        self.val_metrics = patch_metric_collection(n_classes, "val/patch/")
-        self.test_metrics = patch_metric_collection(n_classes, "test/patch/")
+        self.net, self.optimizer, self.level = net, optimizer, level
+        self.train_metrics = patch_metric_collection(n_classes, f"train/{level}/")
+        self.val_metrics = patch_metric_collection(n_classes, f"val/{level}/")
+        self.test_metrics = patch_metric_collection(n_classes, f"test/{level}/")
 
-    @override
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        return self.net(patches)
+    def _outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
-        patches, targets = batch
-        logits = self(patches)
-        if logits.shape[1] == 1:
-            loss = F.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
-        else:
-            loss = F.cross_entropy(logits, targets)
+        loss, probs, targets = self._outputs(batch)
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(class_probabilities(logits.detach()), targets)
+        metrics.update(probs, targets)
         on_step = stage == "train"
-        self.log(
-            f"{stage}/patch/loss",
-            loss,
-            prog_bar=True,
-            on_step=on_step,
-            on_epoch=True,
-            sync_dist=not on_step,
-        )
+        self.log(f"{stage}/{self.level}/loss", loss, prog_bar=True, on_step=on_step,
+                 on_epoch=True, sync_dist=not on_step)  # fmt: skip
         self.log_dict(metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -79,3 +68,34 @@ class FinetuneModule(L.LightningModule):
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer(self.net.parameters())
+
+
+class FinetuneModule(SupervisedModule):
+    """Trains the whole network on labelled patches (PAPER.md step 7).
+
+    Args:
+        net: a patch classifier (``forward`` maps (B, 1, n, n) to logits (B, n_outputs)).
+        n_classes: patch classes including background (2 for a binary target).
+        optimizer: partial optimizer taking the parameters (SGD with momentum, Adam, LBFGS, ...).
+    """
+
+    def __init__(self, net: torch.nn.Module, n_classes: int,
+                 optimizer: Callable[..., torch.optim.Optimizer]):  # fmt: skip
+        super().__init__(net, n_classes, optimizer, level="patch")
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        for param in net.parameters():
+            param.requires_grad_(True)
+
+    @override
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.net(patches)
+
+    @override
+    def _outputs(self, batch):
+        patches, targets = batch
+        logits = self(patches)
+        if logits.shape[1] == 1:
+            loss = F.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
+        else:
+            loss = F.cross_entropy(logits, targets)
+        return loss, class_probabilities(logits.detach()), targets
