@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from penn.io import write_atomic_bytes
 from penn.preprocess import PLANE_AXIS
 
-__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "check_meta"]
+__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "check_meta", "model_level"]
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ def save_model(path: str | Path, net: torch.nn.Module, meta: dict) -> Path:
     Args:
         path: output file.
         net: the trained network.
-        meta: plain data: ``net`` (the Hydra config that builds the network), ``data``
-            (plane, preprocess, patches, classes, class_names), ``inference`` (threshold, ...).
+        meta: plain data: ``net`` (the Hydra config that builds the network), ``model``
+            (``level`` patch or pixel, ``context_offset``), ``data`` (plane, preprocess,
+            patches, classes, class_names), ``inference`` (threshold, ...).
     """
     buffer = _bytesio.BytesIO()
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
@@ -78,9 +79,10 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
         raise CheckpointError(
             f"{path}: weights do not match the network in its config: {err}"
         ) from err
-    if getattr(net, "patch_size", None) != meta["data"]["patches"]["size"]:
+    patch_size = getattr(net, "patch_size", None)
+    if model_level(meta) == "patch" and patch_size != meta["data"]["patches"]["size"]:
         raise CheckpointError(
-            f"{path}: network patch size {getattr(net, 'patch_size', None)} != "
+            f"{path}: network patch size {patch_size} != "
             f"data.patches.size {meta['data']['patches']['size']}"
         )
     return net.eval(), meta
@@ -88,12 +90,17 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
 
 # keys a model file's meta must hold for a new scan to be segmented as in training
 _REQUIRED = {
-    "net": ("_target_", "patch_size", "n_outputs"),
+    "net": ("_target_", "n_outputs"),
     "data": ("plane", "preprocess", "patches", "classes", "class_names"),
     "data.preprocess": ("noise_threshold", "smooth_sigma", "clip_percentiles"),
     "data.patches": ("size", "stride", "rule", "threshold"),
     "inference": ("stride", "batch_slices", "threshold", "postprocess"),
 }
+
+
+def model_level(meta: dict) -> str:
+    """``patch`` (patch classifier; files written before the key existed) or ``pixel``."""
+    return (meta.get("model") or {}).get("level", "patch")
 
 
 def _node(meta: dict, dotted: str):
@@ -124,9 +131,11 @@ def check_meta(path: str | Path, meta: object) -> None:
         raise CheckpointError(
             f"{path}: unknown plane {data['plane']!r}; use one of {list(PLANE_AXIS)}"
         )
-    if net["patch_size"] != data["patches"]["size"]:
+    if model_level(meta) not in ("patch", "pixel"):
+        raise CheckpointError(f"{path}: unknown model level {model_level(meta)!r}")
+    if model_level(meta) == "patch" and net.get("patch_size") != data["patches"]["size"]:
         raise CheckpointError(
-            f"{path}: network patch size {net['patch_size']} != "
+            f"{path}: network patch size {net.get('patch_size')} != "
             f"data.patches.size {data['patches']['size']}"
         )
     classes, names = data["classes"], data["class_names"]

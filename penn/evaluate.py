@@ -52,7 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         labels.append(to_slices(volume.labels, data["plane"]))
     if not slices:
         raise DataError(f"{root}: no labelled volumes")
-    predictions = predict_volumes(net, slices, inference)
+    predictions = predict_volumes(net, slices, inference, meta.get("model"))
     names = data["class_names"] if cfg.data.target is None else [cfg.data.target]
     metrics, _ = score(
         predictions,

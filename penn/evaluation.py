@@ -8,7 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from penn.inference import calibrate_threshold, decide, postprocess, segment_slices
+from penn.inference import (
+    calibrate_threshold,
+    decide,
+    postprocess,
+    segment_slices,
+    segment_slices_pixelwise,
+)
 from penn.metrics import confusion_counts, summarize
 from penn.patches import label_patches
 
@@ -23,12 +29,14 @@ class Prediction:
 
     Attributes:
         probs: (S, K, H, W) pixel class probabilities (K = 1 for a binary network).
-        patch_probs: (S, K, ny, nx) probabilities of the patches of the inference grid.
+        patch_probs: (S, K, ny, nx) probabilities of the patches of the inference grid, for patch
+            classifiers; None for pixel-wise nets, whose patch decisions are the patch labelling
+            rule applied to their predicted class map.
         labels: (S, H, W) uint8 predicted classes after thresholding and post-processing.
     """
 
     probs: np.ndarray
-    patch_probs: np.ndarray
+    patch_probs: np.ndarray | None
     labels: np.ndarray | None = None
 
 
@@ -44,18 +52,35 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def predict_volumes(net, slices: list[np.ndarray], inference: dict) -> list[Prediction]:
-    """Dense probabilities for each volume's (S, H, W) slices at ``inference['stride']``."""
-    net = net.eval().to(default_device())
+def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict | None = None,
+                    device: torch.device | str | None = None,
+                    progress: bool = True) -> list[Prediction]:  # fmt: skip
+    """Dense probabilities for each volume's (S, H, W) slices.
+
+    Args:
+        net: a patch classifier, or a pixel-wise net when ``model['level'] == 'pixel'``.
+        slices: per volume, preprocessed (S, H, W) slices.
+        inference: the inference config (``stride`` of the patch grid, ``batch_slices``).
+        model: ``level`` (``patch`` default, or ``pixel``) and, for pixel-wise nets,
+            ``context_offset`` (SAU-Net's neighbour offset, 0 otherwise).
+        device: where to run (default: CUDA when there is a GPU, else CPU).
+        progress: a progress bar over each volume's slices (patch classifiers).
+    """
+    model = model or {}
+    device = device or default_device()
+    net = net.eval().to(device)
+    if model.get("level", "patch") == "pixel":
+        offset = int(model.get("context_offset", 0))
+        return [
+            Prediction(
+                segment_slices_pixelwise(net, s, inference["batch_slices"], device, offset), None
+            )
+            for s in slices
+        ]
     return [
         Prediction(
             *segment_slices(
-                net,
-                s,
-                inference["stride"],
-                inference["batch_slices"],
-                default_device(),
-                progress=True,
+                net, s, inference["stride"], inference["batch_slices"], device, progress=progress
             )
         )
         for s in slices
@@ -115,6 +140,12 @@ def score(predictions: list[Prediction], labels: list[np.ndarray], classes: list
             raw, classes, size, stride, patches["rule"], patches["threshold"]
         )
         ny, nx = patch_truth.shape[1:]
-        patch_pred = decide(pred.patch_probs[:, :, :ny, :nx], threshold)
+        if pred.patch_probs is None:  # pixel-wise net: its mask, labelled by the patch rule
+            class_values = [[k] for k in range(1, n_classes)]
+            patch_pred = label_patches(
+                pred.labels, class_values, size, stride, patches["rule"], patches["threshold"]
+            )
+        else:
+            patch_pred = decide(pred.patch_probs[:, :, :ny, :nx], threshold)
         patch_total += confusion_counts(patch_pred, patch_truth, n_classes)
     return summarize(per_volume, patch_total, class_names, stage), rows

@@ -149,20 +149,28 @@ def segment_slices(
 
 
 @torch.inference_mode()
-def segment_slices_pixelwise(
-    net: nn.Module, slices: np.ndarray, batch_slices: int, device: str | torch.device = "cpu"
-) -> np.ndarray:
+def segment_slices_pixelwise(net: nn.Module, slices: np.ndarray, batch_slices: int,
+                             device: str | torch.device = "cpu",
+                             context_offset: int = 0) -> np.ndarray:  # fmt: skip
     """Class probabilities (S, K, H, W) float32 of a pixel-wise net on (S, H, W) slices.
 
-    ``net`` maps (B, 1, H, W) to logits (B, K, H, W), or to a tuple whose first item they are
-    (D-TVNet's contour branch is ignored). K = 1: sigmoid; else softmax (BASELINES §3).
+    ``net`` maps (B, C, H, W) to logits (B, K, H, W), or to a tuple whose first item they are
+    (D-TVNet's contour branch is ignored). With ``context_offset`` k > 0 (SAU-Net) each slice
+    is fed with its neighbours i - k and i + k (edges replicated) as three channels.
+    K = 1: sigmoid; else softmax (BASELINES §3).
     """
     was_training = net.training
     net.eval().to(device)
-    chunks = []
-    for start in range(0, len(slices), batch_slices):
-        x = torch.from_numpy(slices[start : start + batch_slices]).to(device)[:, None]
-        logits = net(x)
+    volume = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
+    last, chunks = len(volume) - 1, []
+    for start in range(0, len(volume), batch_slices):
+        index = torch.arange(start, min(start + batch_slices, len(volume)))
+        if context_offset:
+            picks = [(index + d).clamp(0, last) for d in (-context_offset, 0, context_offset)]
+            x = torch.stack([volume[p] for p in picks], dim=1)
+        else:
+            x = volume[index][:, None]
+        logits = net(x.to(device))
         logits = logits[0] if isinstance(logits, tuple) else logits
         probs = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
         chunks.append(probs.float().cpu().numpy())

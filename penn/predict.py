@@ -111,7 +111,7 @@ def predict(cfg: DictConfig) -> list[dict]:
                 log.error("skipped %s: %s", scan.path, err)
                 failures.append(str(err))
                 continue
-            result = segment_volume(net, volume, data, inference, device)
+            result = segment_volume(net, volume, data, inference, device, meta.get("model"))
             truth = None if volume.labels is None else class_map(volume.labels, data["classes"])
             report = build_report(
                 scan, volume, result[1], data["class_names"], vertebrae, settings["report"]

@@ -26,7 +26,8 @@ from penn.clinical import (
     voxel_volume_ml,
 )
 from penn.dicom import read_dicom_series
-from penn.inference import decide, postprocess, segment_slices
+from penn.evaluation import predict_volumes
+from penn.inference import decide, postprocess
 from penn.io import (
     SUFFIXES,
     Case,
@@ -168,8 +169,11 @@ def read_mask(path: str | Path, volume: Volume) -> np.ndarray:
     return array != 0
 
 
-def segment_volume(net, volume: Volume, data: dict, inference: dict, device) -> tuple:
+def segment_volume(net, volume: Volume, data: dict, inference: dict, device,
+                   model: dict | None = None) -> tuple:  # fmt: skip
     """Segments one canonical volume as at training time (preprocessing, plane, threshold).
+
+    ``model`` is the model file's ``level`` / ``context_offset`` (None: a patch classifier).
 
     Returns:
         (slices (S, H, W) preprocessed, labels (X, Y, Z) uint8 class map after post-processing,
@@ -178,7 +182,7 @@ def segment_volume(net, volume: Volume, data: dict, inference: dict, device) -> 
     """
     plane = data["plane"]
     slices = preprocess_volume(volume.image, plane, **data["preprocess"])
-    probs, _ = segment_slices(net, slices, inference["stride"], inference["batch_slices"], device)
+    probs = predict_volumes(net, [slices], inference, model, device, progress=False)[0].probs
     labels = postprocess(decide(probs, inference["threshold"]), **inference["postprocess"])
     per_class = probs[:, 0] if probs.shape[1] == 1 else np.moveaxis(probs, 1, -1)
     return slices, from_slices(labels, plane), from_slices(per_class, plane).astype(np.float32)

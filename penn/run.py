@@ -3,6 +3,12 @@
 python -m penn.run                       # the built-in phantom
 python -m penn.run data=lumbar_vb        # the real lumbar scans
 python -m penn.run +experiment=sweep_layers
+python -m penn.run model=unet            # a Table 2 baseline (model.level=pixel: whole slices)
+
+Patch classifiers (``model.level: patch``: PENN, OP-convNet) train on the balanced patch stream
+and segment with the patch grid; pixel-wise nets (``model.level: pixel``: UNet, MultiResUNet,
+SAU-Net, D-TVNet) train on whole slices of the same splits. Both then go through the same
+threshold calibration on validation, the same metrics and the same outputs.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from penn.checkpoint import save_model
 from penn.evaluation import calibrate, class_map, predict_volumes, score
 from penn.io import write_json
+from penn.lit.baseline import SegmentationModule
 from penn.lit.finetune import FinetuneModule
 from penn.lit.pretrain import PretrainModule
 from penn.reports import metrics_table, write_metrics, write_overlays
@@ -30,10 +37,34 @@ from penn.runtime import close_loggers, log_final, make_loggers, make_trainer, r
 log = logging.getLogger(__name__)
 
 
+def model_info(cfg: DictConfig) -> dict:
+    """How the network sees the data: ``level`` patch or pixel, SAU-Net's ``context_offset``."""
+    level = cfg.model.get("level", "patch")
+    if level not in ("patch", "pixel"):
+        raise ValueError(f"model.level={level!r}: use 'patch' or 'pixel'")
+    offset = int(cfg.model.slices.context_offset) if level == "pixel" else 0
+    return {"level": level, "context_offset": offset}
+
+
+def make_datamodule(cfg: DictConfig):
+    """``cfg.data``'s patch data module, or its whole-slice twin for pixel-wise nets."""
+    if model_info(cfg)["level"] == "patch":
+        return instantiate(cfg.data)
+    s = cfg.model.slices
+    return instantiate(
+        cfg.data,
+        _target_="penn.slices.SliceDataModule",
+        slice_batch=s.batch,
+        context_offset=s.context_offset,
+        crop=s.crop,
+        slice_augment=s.augment,
+    )
+
+
 def pretrain(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]) -> None:
     """Greedy layer-wise pretraining, one ``Trainer.fit`` per stage (PAPER.md step 6)."""
     phase, first_stage, ckpt = resume
-    if phase == "finetune" or cfg.model.pretrain.epochs <= 0:
+    if phase == "finetune" or cfg.model.get("pretrain") is None or cfg.model.pretrain.epochs <= 0:
         return
     for stage in range(first_stage, len(net.stages)):
         module = PretrainModule(
@@ -45,9 +76,24 @@ def pretrain(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | No
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt if stage == first_stage else None)
 
 
+def supervised_module(cfg: DictConfig, net, n_classes: int):
+    """Fine-tuning on patches, or slice segmentation (BCE/CE + soft Dice) for pixel-wise nets."""
+    train = cfg.model.finetune
+    optimizer = instantiate(train.optimizer)
+    if model_info(cfg)["level"] == "patch":
+        return FinetuneModule(net, n_classes, optimizer=optimizer)
+    return SegmentationModule(
+        net,
+        n_classes,
+        optimizer=optimizer,
+        dice_weight=train.dice_weight,
+        contour_weight=train.contour_weight,
+    )
+
+
 def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]) -> None:
-    """Fine-tunes the whole stack with its head; leaves the best checkpoint's weights in ``net``."""
-    module = FinetuneModule(net, dm.n_classes, optimizer=instantiate(cfg.model.finetune.optimizer))
+    """Supervised training of the whole network; leaves the best checkpoint's weights in ``net``."""
+    module = supervised_module(cfg, net, dm.n_classes)
     trainer = make_trainer(cfg, "finetune", cfg.model.finetune.epochs, loggers)
     trainer.fit(module, datamodule=dm, ckpt_path=resume[2] if resume[0] == "finetune" else None)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -60,15 +106,16 @@ def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | No
 def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str, float]:
     """Calibrates on validation, scores the test split, writes metrics, model and overlays."""
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
+    model = model_info(cfg)
     val = dm.splits["val"]
-    val_pred = predict_volumes(net, val.slices, inference)
+    val_pred = predict_volumes(net, val.slices, inference, model)
     val_truth = [class_map(lab, dm.classes) for lab in val.labels]
     threshold, calibration = calibrate(val_pred, val_truth, inference)
     val_metrics, _ = score(
         val_pred, val.labels, dm.classes, dm.class_names, dm.patch_cfg, inference, threshold, "val"
     )
     test = dm.splits["test"]
-    test_pred = predict_volumes(net, test.slices, inference)
+    test_pred = predict_volumes(net, test.slices, inference, model)
     metrics, per_volume = score(
         test_pred,
         test.labels,
@@ -99,6 +146,7 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
         {
             "net": OmegaConf.to_container(cfg.model.net, resolve=True)
             | {"n_outputs": dm.n_outputs},
+            "model": model,
             "data": {
                 "plane": dm.plane,
                 "preprocess": dm.preprocess_cfg,
@@ -129,7 +177,7 @@ def train(cfg: DictConfig) -> float:
     """The whole recipe; returns ``cfg.optimized_metric`` (for Hydra sweepers)."""
     out = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
-    dm = instantiate(cfg.data)
+    dm = make_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
     net = instantiate(cfg.model.net, n_outputs=dm.n_outputs)

@@ -10,8 +10,8 @@ from omegaconf import DictConfig, open_dict
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
-# Hydra overrides that shrink a run to seconds on 2 CPU cores
-TINY = [
+# Hydra overrides that shrink a run to seconds on 2 CPU cores: data, inference and trainer ...
+TINY_DATA = [
     "data.phantom.n_volumes=6",
     "data.phantom.shape=[6,96,128]",
     "data.phantom.n_vertebrae=3",
@@ -23,10 +23,6 @@ TINY = [
     "data.split.test=0.2",
     "data.loader.batch_size=32",
     "data.loader.max_eval_patches=500",
-    "model.n_layers=2",
-    "model.n_nodes=16",
-    "model.pretrain.epochs=1",
-    "model.finetune.epochs=1",
     "inference.stride=4",
     "inference.overlays=1",
     "trainer.accelerator=cpu",
@@ -34,6 +30,21 @@ TINY = [
     "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false",
     "logger=csv",
+]
+# ... and PENN itself
+TINY = [
+    *TINY_DATA,
+    "model.n_layers=2",
+    "model.n_nodes=16",
+    "model.pretrain.epochs=1",
+    "model.finetune.epochs=1",
+]
+# a pixel-wise baseline (model=unet, ...) at a few channels on small crops
+TINY_SLICES = [
+    *TINY_DATA,
+    "model.finetune.epochs=1",
+    "model.slices.batch=2",
+    "model.slices.crop=64",
 ]
 
 

@@ -149,3 +149,29 @@ def test_launchers_extend_the_plugins_config(launcher, target, knobs, tmp_path):
     cfg = compose_train(["+experiment=sweep_layers", f"hydra/launcher={launcher}"], tmp_path)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert {k: cfg.hydra.launcher[k] for k in knobs} == knobs
+
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def test_baselines_sweeps_every_model_over_three_seeds(tmp_path):
+    cfg = compose_train(["+experiment=baselines"], tmp_path)
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    params = sweep_params(cfg)
+    assert sorted(params["model"].split(",")) == MODELS and params["seed"] == "1,2,3"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_path):
+    cfg = compose_train([f"model={name}"], tmp_path)
+    assert cfg.model.level in ("patch", "pixel")
+    assert cfg.callbacks.checkpoint.monitor == f"val/{cfg.model.level}/loss"
+    net = instantiate(cfg.model.net, n_outputs=1)
+    if cfg.model.level == "patch":
+        out = net(torch.rand(2, 1, 32, 32))
+        assert out.shape == (2, 1)
+    else:
+        channels = 3 if cfg.model.slices.context_offset else 1
+        out = net.eval()(torch.rand(1, channels, 40, 36))
+        out = out[0] if isinstance(out, tuple) else out
+        assert out.shape == (1, 1, 40, 36)
