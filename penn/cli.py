@@ -1,4 +1,4 @@
-"""The ``penn`` command: ``penn run|evaluate|predict [hydra overrides]``.
+"""The ``penn`` command: ``penn run|evaluate|predict|lesions [hydra overrides]``.
 
 Each verb runs that entry point's file as ``__main__``, exactly as ``python -m penn.predict ...``
 would. Calling the ``@hydra.main`` function from an installed script instead makes Hydra look for
@@ -18,6 +18,7 @@ VERBS = {
     "run": ("penn.run", "train, calibrate and test a model (conf/train.yaml)"),
     "evaluate": ("penn.evaluate", "score a model file on a labelled dataset (conf/evaluate.yaml)"),
     "predict": ("penn.predict", "segment new scans with a model file (conf/predict.yaml)"),
+    "lesions": ("penn.make_lesions", "write the lesion benchmark dataset (conf/lesions.yaml)"),
 }
 
 

@@ -1,0 +1,184 @@
+"""The lesion benchmark's DataModule: real scans with simulated lesions, new ones every epoch.
+
+Every scan is read and given the fixed lesions of ``lesions.seed`` (those of
+``python -m penn.make_lesions``), so validation and test never change. The training scans'
+raw images are kept, and at the start of every epoch e >= 1 they get new lesions from
+``(lesions.seed, case, epoch, run seed)`` and are preprocessed again; the patch grid stays, only
+the slices and the patch classes are replaced in place. Epoch 0 trains on the fixed lesions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from penn.datamodule import BalancedSampler, PatchDataModule, PatchDataset, SplitVolumes
+from penn.io import DataError, read_case
+from penn.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
+from penn.preprocess import preprocess_volume, to_slices
+
+__all__ = ["LesionSampler", "LesionDataModule"]
+
+log = logging.getLogger(__name__)
+
+
+class LesionSampler(BalancedSampler):
+    """A :class:`BalancedSampler` that has the training scans re-implanted before each epoch.
+
+    ``refresh(epoch)`` runs in :meth:`set_epoch` (Lightning calls it before the epoch's loader
+    iterator, and so before fresh worker processes fork) and again, idempotently, in
+    :meth:`__iter__`. Each epoch yields exactly as many indices as epoch 0, because the number
+    of lesion patches changes from epoch to epoch and Lightning sizes the epoch once.
+
+    Args:
+        min_class_fraction: every foreground class present makes up at least this share of the
+            undersampled epoch; a rarer one (tumour patches) is drawn again with replacement.
+        refresh: gives the training scans the lesions of an epoch.
+        others: as :class:`~penn.datamodule.BalancedSampler`.
+    """
+
+    def __init__(self, targets: np.ndarray, majority_fraction: float, seed: int,
+                 resample: bool, min_class_fraction: float,
+                 refresh: Callable[[int], None]):  # fmt: skip
+        self.min_class_fraction, self.refresh = float(min_class_fraction), refresh
+        super().__init__(targets, majority_fraction, seed, resample)
+
+    def _draw(self, epoch: int) -> np.ndarray:
+        keep = super()._draw(epoch)
+        rng = np.random.default_rng([self.seed, epoch if self.resample else 0, 1])
+        f, drawn = self.min_class_fraction, np.bincount(self.targets[keep])
+        short = [c for c in np.unique(self.targets[self.targets > 0]) if drawn[c] < f * len(keep)]
+        if f * len(short) >= 1.0:
+            raise ValueError(f"data.min_class_fraction={f}: {len(short)} classes cannot each be it")
+        # n_c + x_c = f * (K + sum x): every short class ends at share f of the enlarged epoch
+        total = (len(keep) - drawn[short].sum()) / (1.0 - f * len(short)) if short else len(keep)
+        extra = [
+            rng.choice(np.flatnonzero(self.targets == c), int(np.ceil(f * total)) - drawn[c])
+            for c in short
+        ]
+        return rng.permutation(np.concatenate([keep, *extra]))
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.refresh(epoch)
+
+    def __iter__(self):
+        self.refresh(self.epoch)
+        indices = np.resize(self._draw(self.epoch), self._length)  # repeats or cuts the draw
+        self.epoch += 1
+        return iter(indices.tolist())
+
+
+class LesionDataModule(PatchDataModule):
+    """:class:`~penn.datamodule.PatchDataModule` on scans with implanted lesions (labels 0/1/2).
+
+    Args:
+        lesions: ``seed`` (the benchmark's fixed lesions), ``resample_each_epoch`` (new training
+            lesions every epoch) and the :class:`~penn.lesions.LesionSpec` fields.
+        min_class_fraction: least share of each foreground class in a training epoch
+            (see :class:`LesionSampler`).
+        **kwargs: the arguments of :class:`~penn.datamodule.PatchDataModule`.
+    """
+
+    def __init__(self, lesions: dict, min_class_fraction: float, **kwargs):
+        super().__init__(**kwargs)
+        self.min_class_fraction = min_class_fraction
+        self.spec = LesionSpec.from_config(lesions)
+        self.lesion_seed = int(lesions["seed"])
+        self.resample_lesions = bool(lesions["resample_each_epoch"])
+        self._raw: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # training scans before lesions
+        self._lesion_epoch = 0
+        self._train_targets: np.ndarray | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        first = not self.splits
+        super().setup(stage)
+        if first:  # keep the raw images of the training scans only
+            train = set(self.splits["train"].names)
+            self._raw = {k: v for k, v in self._raw.items() if k in train}
+
+    def _resolve_classes(self, labels_map: dict[str, int]) -> None:
+        values = set(labels_map.values())
+        if self.spec.body_label not in values or self.spec.tumor_label in values:
+            raise DataError(
+                f"{self.root / 'dataset.json'}: lesions need the body label "
+                f"{self.spec.body_label} and a free tumour label {self.spec.tumor_label}, "
+                f"found labels {labels_map}"
+            )
+        super()._resolve_classes({**labels_map, "tumor": self.spec.tumor_label})
+
+    def _load(self, cases, allowed: list[int]) -> SplitVolumes:
+        """Reads every scan and implants its fixed lesions (the source labels are checked)."""
+        split = SplitVolumes([], [], [])
+        for case in cases:
+            volume = read_case(case, allowed)
+            self._raw[volume.name] = (volume.image, volume.labels)
+            image, labels = self._implant(volume, lesion_rng(self.lesion_seed, volume.name))
+            split.volumes.append(volume)
+            split.slices.append(preprocess_volume(image, self.plane, **self.preprocess_cfg))
+            split.labels.append(to_slices(labels, self.plane))
+            volume.image = None
+        return split
+
+    def _implant(self, volume, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        image, labels = self._raw[volume.name]
+        image, labels, records = implant_lesions(image, labels, volume.spacing, self.spec, rng)
+        log.debug("%s: %d lesions", volume.name, len(records))
+        return on_disk_values(image, volume), labels
+
+    def refresh_training(self, epoch: int) -> None:
+        """Gives the training scans the lesions of ``epoch`` (no-op if they have them already)."""
+        epoch = epoch if self.resample_lesions else 0
+        if epoch == self._lesion_epoch:
+            return
+        split, run_seed = self.splits["train"], int(self.split_cfg["seed"])
+        for i, volume in enumerate(split.volumes):
+            keys = () if epoch == 0 else (epoch, run_seed)
+            image, labels = self._implant(volume, lesion_rng(self.lesion_seed, volume.name, *keys))
+            split.slices[i] = preprocess_volume(image, self.plane, **self.preprocess_cfg)
+            split.labels[i] = to_slices(labels, self.plane)
+        if self._train_targets is not None:  # the loaders' dataset and sampler share this array
+            self._train_targets[:] = self._index(split)[1]
+        self._lesion_epoch = epoch
+        log.info("epoch %d: new lesions in %d training scans", epoch, len(split.volumes))
+
+    def _dataset(self, name: str) -> PatchDataset:
+        dataset = super()._dataset(name)
+        if name == "train":
+            self._train_targets = dataset.targets
+        return dataset
+
+    def _balanced_sampler(self, dataset: PatchDataset) -> LesionSampler:
+        super()._balanced_sampler(dataset)  # logs the class counts of the current lesions
+        sampler = LesionSampler(
+            dataset.targets,
+            self.balance_ratio,
+            self.split_cfg["seed"],
+            self.resample_each_epoch,
+            self.min_class_fraction,
+            self.refresh_training,
+        )
+        after = np.bincount(dataset.targets[sampler._draw(sampler.epoch)], minlength=self.n_classes)
+        self.balance_log["after"] = after.tolist()
+        log.info("training patches per class after oversampling rare classes %s", after.tolist())
+        return sampler
+
+    def _loader(self, name: str) -> DataLoader:
+        loader = super()._loader(name)
+        if name != "train" or loader.num_workers == 0:
+            return loader
+        # persistent workers would keep copies of the first epoch's slices forever
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=loader.sampler,
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            persistent_workers=False,
+            drop_last=loader.drop_last,
+            generator=loader.generator,
+        )
