@@ -5,6 +5,8 @@ Every scan is read and given the fixed lesions of ``lesions.seed`` (those of
 raw images are kept, and at the start of every epoch e >= 1 they get new lesions from
 ``(lesions.seed, case, epoch, run seed)`` and are preprocessed again; the patch grid stays, only
 the slices and the patch classes are replaced in place. Epoch 0 trains on the fixed lesions.
+:class:`LesionSliceDataModule` does the same for the pixel-wise baselines (whole slices); the
+patch module names it as its ``slice_twin``, which ``penn.run`` instantiates for them.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from penn.datamodule import BalancedSampler, PatchDataModule, PatchDataset, SplitVolumes
+from penn.evaluation import class_map
 from penn.io import DataError, read_case
 from penn.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
 from penn.preprocess import preprocess_volume, to_slices
+from penn.slices import SliceDataModule, SliceDataset
 
-__all__ = ["LesionSampler", "LesionDataModule"]
+__all__ = ["LesionSampler", "EpochShuffle", "LesionDataModule", "LesionSliceDataModule"]
 
 log = logging.getLogger(__name__)
 
@@ -72,26 +76,45 @@ class LesionSampler(BalancedSampler):
         return iter(indices.tolist())
 
 
-class LesionDataModule(PatchDataModule):
-    """:class:`~penn.datamodule.PatchDataModule` on scans with implanted lesions (labels 0/1/2).
+class EpochShuffle(Sampler[int]):
+    """A shuffle drawn from (seed, epoch) that has the training scans re-implanted first.
+
+    The whole-slice twin of :class:`LesionSampler` (every slice, new order each epoch).
+    """
+
+    def __init__(self, length: int, seed: int, refresh: Callable[[int], None]):
+        self.length, self.seed, self.refresh, self.epoch = length, int(seed), refresh, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.refresh(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        self.refresh(self.epoch)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+        self.epoch += 1
+        return iter(order.tolist())
+
+
+class _LesionMixin:
+    """Reading with fixed lesions, and new training lesions per epoch, for a data module.
 
     Args:
         lesions: ``seed`` (the benchmark's fixed lesions), ``resample_each_epoch`` (new training
             lesions every epoch) and the :class:`~penn.lesions.LesionSpec` fields.
-        min_class_fraction: least share of each foreground class in a training epoch
-            (see :class:`LesionSampler`).
-        **kwargs: the arguments of :class:`~penn.datamodule.PatchDataModule`.
+        **kwargs: the arguments of the data module it is mixed into.
     """
 
-    def __init__(self, lesions: dict, min_class_fraction: float, **kwargs):
+    def __init__(self, lesions: dict, **kwargs):
         super().__init__(**kwargs)
-        self.min_class_fraction = min_class_fraction
         self.spec = LesionSpec.from_config(lesions)
         self.lesion_seed = int(lesions["seed"])
         self.resample_lesions = bool(lesions["resample_each_epoch"])
         self._raw: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # training scans before lesions
         self._lesion_epoch = 0
-        self._train_targets: np.ndarray | None = None
 
     def setup(self, stage: str | None = None) -> None:
         first = not self.splits
@@ -130,7 +153,10 @@ class LesionDataModule(PatchDataModule):
         return on_disk_values(image, volume), labels
 
     def refresh_training(self, epoch: int) -> None:
-        """Gives the training scans the lesions of ``epoch`` (no-op if they have them already)."""
+        """Gives the training scans the lesions of ``epoch`` (no-op if they have them already).
+
+        The split's lists are updated in place, so loaders built on them see the new scans.
+        """
         epoch = epoch if self.resample_lesions else 0
         if epoch == self._lesion_epoch:
             return
@@ -140,10 +166,35 @@ class LesionDataModule(PatchDataModule):
             image, labels = self._implant(volume, lesion_rng(self.lesion_seed, volume.name, *keys))
             split.slices[i] = preprocess_volume(image, self.plane, **self.preprocess_cfg)
             split.labels[i] = to_slices(labels, self.plane)
-        if self._train_targets is not None:  # the loaders' dataset and sampler share this array
-            self._train_targets[:] = self._index(split)[1]
         self._lesion_epoch = epoch
+        self._relabel_training()
         log.info("epoch %d: new lesions in %d training scans", epoch, len(split.volumes))
+
+    def _relabel_training(self) -> None:
+        """Updates what the training loader derived from the labels (its targets or masks)."""
+
+
+class LesionDataModule(_LesionMixin, PatchDataModule):
+    """:class:`~penn.datamodule.PatchDataModule` on scans with implanted lesions (labels 0/1/2).
+
+    Args:
+        lesions: see :class:`_LesionMixin`.
+        min_class_fraction: least share of each foreground class in a training epoch
+            (see :class:`LesionSampler`).
+        **kwargs: the arguments of :class:`~penn.datamodule.PatchDataModule`.
+    """
+
+    #: what ``penn.run`` instantiates instead for pixel-wise networks
+    slice_twin = "penn.lesion_data.LesionSliceDataModule"
+
+    def __init__(self, lesions: dict, min_class_fraction: float, **kwargs):
+        super().__init__(lesions=lesions, **kwargs)
+        self.min_class_fraction = min_class_fraction
+        self._train_targets: np.ndarray | None = None
+
+    def _relabel_training(self) -> None:
+        if self._train_targets is not None:  # the loader's dataset and sampler share this array
+            self._train_targets[:] = self._index(self.splits["train"])[1]
 
     def _dataset(self, name: str) -> PatchDataset:
         dataset = super()._dataset(name)
@@ -181,4 +232,38 @@ class LesionDataModule(PatchDataModule):
             persistent_workers=False,
             drop_last=loader.drop_last,
             generator=loader.generator,
+        )
+
+
+class LesionSliceDataModule(_LesionMixin, SliceDataModule):
+    """:class:`~penn.slices.SliceDataModule` (pixel-wise baselines) on the lesion benchmark.
+
+    Args:
+        lesions: see :class:`_LesionMixin`.
+        min_class_fraction: unused (patch sampling only); accepted so both twins share
+            ``cfg.data``.
+        **kwargs: the arguments of :class:`~penn.slices.SliceDataModule`.
+    """
+
+    def __init__(self, lesions: dict, min_class_fraction: float, **kwargs):
+        super().__init__(lesions=lesions, **kwargs)
+        self._train_dataset: SliceDataset | None = None
+
+    def _relabel_training(self) -> None:
+        if self._train_dataset is not None:
+            split = self.splits["train"]
+            self._train_dataset.masks[:] = [class_map(lab, self.classes) for lab in split.labels]
+
+    def _loader(self, name: str) -> DataLoader:
+        loader = super()._loader(name)
+        if name != "train":
+            return loader
+        self._train_dataset = loader.dataset
+        sampler = EpochShuffle(len(loader.dataset), self.split_cfg["seed"], self.refresh_training)
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=sampler,
+            num_workers=loader.num_workers,
+            persistent_workers=False,  # fresh workers each epoch see the new lesions
         )

@@ -21,7 +21,7 @@ import hydra
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,13 +47,18 @@ def model_info(cfg: DictConfig) -> dict:
 
 
 def make_datamodule(cfg: DictConfig):
-    """``cfg.data``'s patch data module, or its whole-slice twin for pixel-wise nets."""
+    """``cfg.data``'s patch data module, or its whole-slice twin for pixel-wise nets.
+
+    The twin is the patch module's ``slice_twin`` class attribute when it has one (the lesion
+    benchmark's), else :class:`penn.slices.SliceDataModule`.
+    """
     if model_info(cfg)["level"] == "patch":
         return instantiate(cfg.data)
     s = cfg.model.slices
+    twin = getattr(get_class(cfg.data._target_), "slice_twin", "penn.slices.SliceDataModule")
     return instantiate(
         cfg.data,
-        _target_="penn.slices.SliceDataModule",
+        _target_=twin,
         slice_batch=s.batch,
         context_offset=s.context_offset,
         crop=s.crop,

@@ -14,7 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from penn.evaluation import class_map
 from penn.io import DataError, list_cases, read_case
+from penn.lesion_data import LesionSliceDataModule
 from penn.lesions import (
     LesionSpec,
     find_bodies,
@@ -24,6 +26,7 @@ from penn.lesions import (
 )
 from penn.make_lesions import write_lesion_dataset
 from penn.preprocess import to_slices
+from penn.run import make_datamodule
 from tests.conftest import CONF
 
 SPACING = (1.5, 1.0, 1.0)
@@ -247,3 +250,20 @@ def test_lesions_entry_config_reads_the_benchmark_settings():
     assert cfg.data.root == "../shared/data/lumbar-vb" and cfg.out == "/tmp/x"
     lesions = OmegaConf.to_container(cfg.data.lesions, resolve=True)
     assert LesionSpec.from_config(lesions).tumor_label == 2 and lesions["seed"] == 3
+
+
+def test_pixelwise_baselines_get_the_lesion_slice_twin(tmp_path):
+    source = write_source(tmp_path / "src", 5)
+    cfg = lesion_cfg([f"data.root={source}", "model=unet", "data.lesions.none_probability=0.0",
+                      "data.split.val=0.2", "data.split.test=0.2"])  # fmt: skip
+    dm = make_datamodule(cfg)
+    dm.setup("fit")
+    assert isinstance(dm, LesionSliceDataModule) and dm.n_outputs == 3
+    loader = dm.train_dataloader()
+    masks = [m.copy() for m in loader.dataset.masks]
+    loader.sampler.set_epoch(1)
+    new = [class_map(lab, dm.classes) for lab in dm.splits["train"].labels]
+    assert all(np.array_equal(a, b) for a, b in zip(loader.dataset.masks, new, strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(masks, new, strict=True))
+    image, mask = next(iter(loader))
+    assert image.shape[0] == mask.shape[0] and int(mask.max()) <= 2
