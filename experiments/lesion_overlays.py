@@ -5,9 +5,9 @@
     python experiments/lesion_overlays.py data.lesions.seed=3   # any config override
 
 For each scan with lesions (the fixed lesions of ``data.lesions.seed``, as the benchmark's
-validation and test scans and `python -m penn.make_lesions` have them), one PNG per lesion of up
-to ``--per-case`` lesions: the sagittal slice through the lesion centre before, after, and after
-with the tumour (red) and vertebra (yellow) label contours, cropped around the lesion's body.
+validation and test scans and `python -m penn.make_lesions` have them), one PNG for each of its
+``--per-case`` largest lesions: the sagittal slice through the lesion centre before, after, and
+after with the tumour (red) and vertebra (yellow) label contours, cropped around the lesion.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from penn.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
 log = logging.getLogger("lesion_overlays")
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-DEFAULT_CASES = ["vb2_02", "vb2_05", "vb2_10", "vb2_17"]
+DEFAULT_CASES = ["vb2_02", "vb2_08", "vb2_10", "vb2_19", "vb2_20"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             volume.image, volume.labels, volume.spacing, spec, lesion_rng(seed, name)
         )
         image = on_disk_values(image, volume)
-        for k, record in enumerate(records[: args.per_case]):
+        largest = sorted(range(len(records)), key=lambda i: -records[i]["voxels"])
+        for k in sorted(largest[: args.per_case]):
+            record = records[k]
             x, y, z = record["centre_voxel"]
             window = crop_around(labels[x], (y, z), half=48)
             kind = "hyper" if record["contrast"] > 1 else "hypo"

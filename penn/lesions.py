@@ -188,7 +188,8 @@ def _implant_one(image, labels, body, spacing, spec: LesionSpec, rng, marrow) ->
     Args:
         image, labels: the whole volume (modified in place inside the body's box).
         body: (box, mask) of the body from :func:`find_bodies`.
-        marrow: (median, coefficient of variation) of the body's intensities before any lesion.
+        marrow: (median, robust coefficient of variation) of the body's intensities before any
+            lesion.
     """
     box, inside_body = body
     sub, lab = image[box], labels[box]
@@ -209,7 +210,8 @@ def _implant_one(image, labels, body, spacing, spec: LesionSpec, rng, marrow) ->
     contrast = _draw_contrast(rng, spec)
     heterogeneity = rng.uniform(*spec.texture) * marrow[1]
     mottle = _smooth_field(rng, sub.shape, spec.texture_sigma_mm / to_vox)
-    level = contrast * marrow[0] * (1.0 + heterogeneity * mottle)
+    # heterogeneity in units of marrow, so dark lesions are as mottled as bright ones
+    level = marrow[0] * (contrast + heterogeneity * mottle)
     rim = 0.0
     if rng.random() < spec.rim_probability:
         rim = float(rng.uniform(*spec.rim_strength))
@@ -252,9 +254,10 @@ def implant_lesions(image: np.ndarray, labels: np.ndarray, spacing: tuple[float,
     for _ in range(int(rng.integers(spec.count[0], spec.count[1] + 1))):
         which = int(rng.integers(len(bodies)))
         box, mask = bodies[which]
-        values = image[box][mask]
-        median = float(np.median(values))
-        marrow = (median, float(values.std() / median) if median > 0 else 0.0)
+        # robust spread (IQR / 1.349, a std for Gaussian data): the cortex and partial volume at
+        # the mask's edge would inflate a plain standard deviation
+        low, median, high = np.percentile(image[box][mask], [25, 50, 75])
+        marrow = (float(median), float((high - low) / 1.349 / median) if median > 0 else 0.0)
         record = _implant_one(image_out, labels_out, bodies[which], spacing, spec, rng, marrow)
         records.append({"body": which, **record})
     np.clip(image_out, image.min(), image.max(), out=image_out)
