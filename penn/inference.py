@@ -5,11 +5,19 @@ layer's codes is exactly a network of one n x n convolution followed by 1 x 1 co
 Run at a stride s over a whole slice it classifies every patch of the grid in one pass; each
 pixel then takes the mean class probability of the patches that cover it (PAPER.md step 8).
 Other patch classifiers (e.g. OP-convNet) classify the same grid of patches, unfolded in batches.
+
+Speed (docs/results/bench.json, ``make bench``): on a CPU the network runs as plain matrix
+products over bands of patch rows, one band per thread and one intra-op thread each, so almost all
+of the time is spent in GEMMs at the machine's matrix-product rate; on a GPU it runs as the
+convolutional twin (channels-last, optional autocast). Pixel probabilities come from cumulative
+sums of the patch grid (a summed-area table), not from a transposed convolution.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -25,6 +33,7 @@ __all__ = [
     "patch_logits",
     "classify_unfolded",
     "segment_slices",
+    "ENGINES",
     "segment_slices_pixelwise",
     "decide",
     "calibrate_threshold",
@@ -64,13 +73,144 @@ def _pad_amount(length: int, patch_size: int, stride: int) -> int:
     return (padded - length) + (-(padded - patch_size)) % stride
 
 
-def _spread(patch_values: torch.Tensor, patch_size: int, stride: int) -> torch.Tensor:
-    """Sums each patch's value over the pixels it covers (separable transposed box filter)."""
-    k = patch_values.shape[1]
-    ones_y = patch_values.new_ones(k, 1, patch_size, 1)
-    ones_x = patch_values.new_ones(k, 1, 1, patch_size)
-    out = F.conv_transpose2d(patch_values, ones_y, stride=(stride, 1), groups=k)
-    return F.conv_transpose2d(out, ones_x, stride=(1, stride), groups=k)
+def _spread_axis(values: torch.Tensor, dim: int, patch_size: int, stride: int) -> torch.Tensor:
+    """Along ``dim``, sums the values of the patches that cover each pixel.
+
+    ``values`` has one entry per patch along ``dim`` (L of them, corners at ``i * stride``); the
+    result has one per pixel, (L - 1) * stride + patch_size. Differences of a cumulative sum (the
+    1D summed-area table) in float64 replace a box filter. When the stride divides the patch
+    size, every pixel of a stride-wide block is covered by the same patches: the sums are taken
+    per block and the caller repeats them (see :func:`_spread_mean`).
+    """
+    length = values.shape[dim]
+    table = torch.cat([torch.zeros_like(values.narrow(dim, 0, 1)), values.cumsum(dim)], dim)
+    if patch_size % stride == 0:
+        pos = torch.arange(length + patch_size // stride - 1, device=values.device)
+        lo = (pos - patch_size // stride + 1).clamp(min=0)
+    else:
+        pos = torch.arange((length - 1) * stride + patch_size, device=values.device) // stride
+        lo = (torch.arange(pos.numel(), device=values.device) - patch_size) // stride + 1
+        lo = lo.clamp(min=0)
+    hi = pos.clamp(max=length - 1) + 1
+    return table.index_select(dim, hi) - table.index_select(dim, lo)
+
+
+def _spread_mean(patch_values: torch.Tensor, patch_size: int, stride: int, height: int,
+                 width: int) -> torch.Tensor:  # fmt: skip
+    """Mean value of the patches covering each pixel: (B, K, ny, nx) -> (B, K, height, width).
+
+    Separable sums from summed-area tables (:func:`_spread_axis`) divided by the number of
+    covering patches; when the stride divides the patch size, the block means are repeated
+    ``stride`` times along each axis.
+    """
+    ny, nx = patch_values.shape[2:]
+    v = patch_values.double()
+    sums = _spread_axis(_spread_axis(v, 2, patch_size, stride), 3, patch_size, stride)
+    count_y = _spread_axis(v.new_ones(ny), 0, patch_size, stride)
+    count_x = _spread_axis(v.new_ones(nx), 0, patch_size, stride)
+    mean = (sums / (count_y[:, None] * count_x[None, :])).float()
+    if patch_size % stride == 0 and stride > 1:
+        mean = mean.repeat_interleave(stride, dim=2).repeat_interleave(stride, dim=3)
+    return mean[:, :, :height, :width]
+
+
+def _parallel(jobs: list, work, threads: int) -> None:
+    """Runs ``work(job, scratch)`` for every job on ``threads`` threads, one intra-op thread each.
+
+    Jobs are taken from a shared queue, so a core slowed down by another process only slows its
+    own thread (a single GEMM on two intra-op threads stalls at every barrier instead). Each
+    thread keeps its own ``scratch`` dict of reusable buffers. The process-wide thread setting is
+    restored afterwards.
+    """
+    if threads <= 1 or len(jobs) <= 1:
+        scratch: dict = {}
+        for job in jobs:
+            work(job, scratch)
+        return
+    queue, lock = iter(jobs), threading.Lock()
+
+    def loop() -> None:
+        torch.set_num_threads(1)
+        scratch: dict = {}
+        with torch.inference_mode():
+            while True:
+                with lock:
+                    job = next(queue, None)
+                if job is None:
+                    return
+                work(job, scratch)
+
+    before = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            for future in [pool.submit(loop) for _ in range(threads)]:
+                future.result()
+    finally:
+        torch.set_num_threads(before)
+
+
+class _RowsEngine:
+    """A stacked sparse autoencoder as matrix products over bands of patch rows (CPU).
+
+    One band holds about ``chunk_positions`` patches (whole grid rows): its patches are copied out
+    of the slice as a (positions, n*n) matrix (im2col through a strided view, or the first layer
+    as a convolution), and every layer is one ``addmm`` into a reused buffer followed by an
+    in-place sigmoid, so a band's activations stay in cache.
+    """
+
+    def __init__(self, net: StackedSparseAutoencoder, stride: int, chunk_positions: int,
+                 threads: int, first_layer: str):  # fmt: skip
+        if first_layer not in ("gemm", "conv"):
+            raise ValueError(f"first_layer={first_layer!r}: use 'gemm' or 'conv'")
+        self.n, self.stride, self.first_layer = net.patch_size, stride, first_layer
+        self.chunk_positions, self.threads = max(1, int(chunk_positions)), max(1, int(threads))
+        linears = [stage.encoder for stage in net.stages] + [net.head]
+        self.layers = [(lin.weight.detach().t().contiguous(), lin.bias.detach()) for lin in linears]
+        first = linears[0].weight.detach()
+        self.conv_weight = first.reshape(first.shape[0], 1, self.n, self.n).contiguous(
+            memory_format=torch.channels_last
+        )
+        self.n_outputs = linears[-1].out_features
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, ny, nx) of every grid patch of x (B, 1, H, W)."""
+        n, s = self.n, self.stride
+        ny, nx = (x.shape[2] - n) // s + 1, (x.shape[3] - n) // s + 1
+        x = x.contiguous()
+        out = x.new_empty(x.shape[0], ny, nx, self.n_outputs)
+        rows = max(1, self.chunk_positions // nx)
+        jobs = [(b, r, min(ny, r + rows)) for b in range(x.shape[0]) for r in range(0, ny, rows)]
+        _parallel(jobs, lambda job, scratch: self._band(x, out, *job, scratch), self.threads)
+        return out.permute(0, 3, 1, 2)
+
+    def _buffer(self, scratch: dict, name: str, rows: int, cols: int) -> torch.Tensor:
+        buf = scratch.get(name)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols:
+            buf = scratch[name] = torch.empty(rows, cols)
+        return buf[:rows]
+
+    def _band(self, x, out, b: int, r0: int, r1: int, scratch: dict) -> None:
+        n, s = self.n, self.stride
+        nx, width = out.shape[2], x.shape[3]
+        m = (r1 - r0) * nx
+        (w0, b0), *rest = self.layers
+        if self.first_layer == "gemm":
+            cols = self._buffer(scratch, "cols", m, n * n)
+            band = x[b, 0, r0 * s :].as_strided((r1 - r0, nx, n, n), (s * width, s, width, 1))
+            cols.view(r1 - r0, nx, n, n).copy_(band)
+            h = torch.addmm(b0, cols, w0, out=self._buffer(scratch, "h0", m, w0.shape[1]))
+        else:
+            band = x[b : b + 1, :, r0 * s : (r1 - 1) * s + n]
+            h = F.conv2d(band, self.conv_weight, b0, stride=s).permute(0, 2, 3, 1).reshape(m, -1)
+        h.sigmoid_()
+        for i, (w, bias) in enumerate(rest[:-1]):
+            h = torch.addmm(bias, h, w, out=self._buffer(scratch, f"h{1 + i % 2}", m, w.shape[1]))
+            h.sigmoid_()
+        w, bias = rest[-1]
+        torch.addmm(bias, h, w, out=out[b, r0:r1].view(m, -1))
+
+
+ENGINES = ("auto", "rows", "rows_conv", "fcn", "unfold")
 
 
 def classify_unfolded(
@@ -100,6 +240,36 @@ def patch_logits(net: nn.Module, stride: int, batch_patches: int):
     return lambda x: classify_unfolded(net, x, stride, batch_patches)
 
 
+def _dense_logits(net: nn.Module, stride: int, device: torch.device, engine: str,
+                  batch_patches: int, chunk_positions: int, threads: int | None,
+                  autocast_dtype: torch.dtype | None):  # fmt: skip
+    """The function x (B, 1, H, W) -> logits (B, K, ny, nx) that ``engine`` names."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: use one of {ENGINES}")
+    is_penn = isinstance(net, StackedSparseAutoencoder)
+    if engine == "auto":
+        # on 2 CPU cores the band-wise first-layer convolution beat im2col + GEMM (bench.json)
+        engine = "unfold" if not is_penn else "fcn" if device.type != "cpu" else "rows_conv"
+    if engine != "unfold" and not is_penn:
+        raise ValueError(f"engine={engine!r} needs a StackedSparseAutoencoder, got {type(net)}")
+    if engine in ("rows", "rows_conv"):
+        if device.type != "cpu":
+            raise ValueError(f"engine={engine!r} runs on the CPU; use 'fcn' on a GPU")
+        threads = torch.get_num_threads() if threads is None else threads
+        first_layer = "gemm" if engine == "rows" else "conv"
+        return _RowsEngine(net, stride, chunk_positions, threads, first_layer)
+    if engine == "unfold":
+        return lambda x: classify_unfolded(net, x, stride, batch_patches)
+    fcn = to_fully_convolutional(net, stride).to(device, memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return fcn(x).float()
+
+    return run
+
+
 @torch.inference_mode()
 def segment_slices(
     net: nn.Module,
@@ -109,8 +279,15 @@ def segment_slices(
     device: str | torch.device = "cpu",
     progress: bool = False,
     batch_patches: int = 4096,
+    engine: str = "auto",
+    chunk_positions: int = 2048,
+    threads: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of every pixel of a stack of slices.
+
+    Memory beyond the two returned arrays is bounded by ``batch_slices`` slices (and, on the
+    CPU, ``chunk_positions`` patches per thread), whatever the number of slices.
 
     Args:
         net: trained patch classifier (see :func:`patch_logits`).
@@ -119,6 +296,15 @@ def segment_slices(
         batch_slices: slices per forward pass (bounds memory).
         device: where to run.
         batch_patches: patches per forward pass for classifiers without a convolutional twin.
+        engine: ``auto`` (a :class:`StackedSparseAutoencoder` runs band by band on the CPU
+            (``rows_conv``), as its convolutional twin on a GPU (``fcn``); other classifiers as
+            unfolded patches), or one of ``rows`` (first layer as im2col + GEMM), ``rows_conv``
+            (first layer as a convolution per band), ``fcn``, ``unfold`` to force one.
+        chunk_positions: patches per band of the ``rows`` engine (a band's activations should
+            fit in a core's cache).
+        threads: threads of the ``rows`` engine (default: ``torch.get_num_threads()``).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the ``fcn`` engine under autocast on a
+            GPU (default: float32 throughout).
 
     Returns:
         (pixel probabilities (S, K, H, W), patch probabilities (S, K, ny, nx)) as float32, where
@@ -126,26 +312,35 @@ def segment_slices(
         the patch grid starts at (0, 0) and row/col i is the patch with corner i * stride.
     """
     n = net.patch_size
+    device = torch.device(device)
     was_training = net.training
     net.eval().to(device)
-    classify = patch_logits(net, stride, batch_patches)
-    _, height, width = slices.shape
+    classify = _dense_logits(net, stride, device, engine, batch_patches, chunk_positions, threads,
+                             autocast_dtype)  # fmt: skip
+    n_slices, height, width = slices.shape
     pad_y, pad_x = _pad_amount(height, n, stride), _pad_amount(width, n, stride)
-    pixel_chunks, patch_chunks, counts = [], [], None
-    batches = range(0, len(slices), batch_slices)
+    ny, nx = (height + pad_y - n) // stride + 1, (width + pad_x - n) // stride + 1
+    mode = "reflect" if pad_y < height and pad_x < width else "replicate"
+    pixel_out = patch_out = None
+    batches = range(0, n_slices, batch_slices)
     for start in tqdm(batches, desc="segment", disable=not progress, leave=False):
-        x = torch.from_numpy(slices[start : start + batch_slices]).to(device)[:, None]
-        mode = "reflect" if pad_y < height and pad_x < width else "replicate"
+        batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + batch_slices]))
+        if device.type == "cuda":
+            batch = batch.pin_memory()
+        x = batch.to(device, non_blocking=True)[:, None]
         x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
         logits = classify(x)
         probs = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
-        if counts is None:
-            counts = _spread(torch.ones_like(probs[:1, :1]), n, stride)
-        pixel = _spread(probs, n, stride) / counts
-        pixel_chunks.append(pixel[:, :, :height, :width].float().cpu().numpy())
-        patch_chunks.append(probs.float().cpu().numpy())
+        pixel = _spread_mean(probs, n, stride, height, width)
+        if pixel_out is None:
+            k = probs.shape[1]
+            pixel_out = np.empty((n_slices, k, height, width), dtype=np.float32)
+            patch_out = np.empty((n_slices, k, ny, nx), dtype=np.float32)
+        stop = start + len(batch)
+        pixel_out[start:stop] = pixel.cpu().numpy()
+        patch_out[start:stop] = probs.float().cpu().numpy()
     net.train(was_training)
-    return np.concatenate(pixel_chunks), np.concatenate(patch_chunks)
+    return pixel_out, patch_out
 
 
 @torch.inference_mode()

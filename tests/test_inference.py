@@ -127,3 +127,31 @@ def test_postprocess_keeps_largest_component_and_drops_small_ones():
     labels[0, 6, 0] = 2  # 1 voxel of another class
     out = postprocess(labels, min_size=2, keep_largest=1, opening_radius=0)
     assert out.sum() == 16 and (out == 2).sum() == 0
+
+
+@pytest.mark.parametrize("engine", ["rows", "rows_conv", "fcn", "unfold"])
+@pytest.mark.parametrize("stride", [1, 3])
+def test_every_engine_equals_patch_by_patch_across_bands_and_threads(engine, stride):
+    torch.manual_seed(0)
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=3, n_nodes=6, n_outputs=1).eval()
+    for p in net.parameters():
+        p.data *= 3
+    slices = np.random.default_rng(1).random((3, 23, 19)).astype(np.float32)
+    threads = torch.get_num_threads()
+    # 10 patches per band: several bands per slice, shared by two threads
+    dense, patch_probs = segment_slices(net, slices, stride, batch_slices=2, engine=engine,
+                                        chunk_positions=10, threads=2, batch_patches=7)  # fmt: skip
+    np.testing.assert_allclose(dense, patch_by_patch(net, slices, stride), atol=1e-5)
+    auto_dense, auto_patch = segment_slices(net, slices, stride, batch_slices=3)
+    np.testing.assert_allclose(patch_probs, auto_patch, atol=1e-5)
+    assert torch.get_num_threads() == threads  # the worker threads' setting does not leak
+
+
+def test_unknown_or_unsuitable_engines_are_refused():
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=1, n_nodes=3, n_outputs=1)
+    slices = np.zeros((1, 9, 9), np.float32)
+    with pytest.raises(ValueError, match="engine='fast'"):
+        segment_slices(net, slices, 2, 1, engine="fast")
+    cnn = OPConvNet(patch_size=8, n_outputs=1, channels=(2, 2), hidden=2, dropout=0.0)
+    with pytest.raises(ValueError, match="needs a StackedSparseAutoencoder"):
+        segment_slices(cnn, slices, 2, 1, engine="rows")
