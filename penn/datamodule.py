@@ -280,8 +280,7 @@ class PatchDataModule(L.LightningDataModule):
                 strict=True,
             )
         )
-        targets = [v for values in self.classes for v in values]
-        has_target = [bool(np.isin(lab, targets).any()) for lab in loaded.labels]
+        has_target = self._strata(loaded.labels)
         train, val, test = split_cases(
             loaded.names,
             self.split_cfg["val"],
@@ -299,6 +298,11 @@ class PatchDataModule(L.LightningDataModule):
             self.splits[name] = SplitVolumes(
                 *map(list, zip(*(by_name[m] for m in members), strict=True))
             )
+
+    def _strata(self, labels: list[np.ndarray]) -> list[bool]:
+        """Per volume, whether it holds the target: the split is stratified by this."""
+        targets = [v for values in self.classes for v in values]
+        return [bool(np.isin(lab, targets).any()) for lab in labels]
 
     def _resolve_classes(self, labels_map: dict[str, int]) -> None:
         if self.target == "all":

@@ -123,6 +123,10 @@ class _LesionMixin:
             train = set(self.splits["train"].names)
             self._raw = {k: v for k, v in self._raw.items() if k in train}
 
+    def _strata(self, labels: list[np.ndarray]) -> list[bool]:
+        """Stratified by "has a lesion" whatever the target: one split for every target/model."""
+        return [bool((lab == self.spec.tumor_label).any()) for lab in labels]
+
     def _resolve_classes(self, labels_map: dict[str, int]) -> None:
         values = set(labels_map.values())
         if self.spec.body_label not in values or self.spec.tumor_label in values:

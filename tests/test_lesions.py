@@ -214,6 +214,16 @@ def test_datamodule_has_three_classes_and_fixed_eval_lesions(lesion_dm):
             assert np.array_equal(labels, to_slices(expected, dm.plane))
 
 
+def test_split_is_the_same_for_every_target(tmp_path):
+    source = write_source(tmp_path / "src", 6)
+    splits = []
+    for target in ("all", "tumor", "vertebra"):
+        dm = instantiate(lesion_cfg([f"data.root={source}", f"data.target={target}"]).data)
+        dm.setup("fit")
+        splits.append({k: v.names for k, v in dm.splits.items()})
+    assert splits[0] == splits[1] == splits[2]
+
+
 def test_training_scans_get_new_lesions_each_epoch(lesion_dm):
     dm = lesion_dm
     loader = dm.train_dataloader()
