@@ -139,7 +139,8 @@ def bench_slices(cfg: DictConfig, device: torch.device, rate: float) -> list[dic
     height, width = s.shape
     image = np.random.default_rng(cfg.seed).random((1, height, width), dtype=np.float32)
     per_patch = patch_flops(**cfg.network)
-    engines = ["auto", "rows", "rows_conv", "fcn"] if device.type == "cpu" else ["auto", "fcn"]
+    # auto is rows_conv on a CPU and fcn on a GPU; rows (im2col + GEMM) and fcn for comparison
+    engines = ["auto", "rows", "fcn"] if device.type == "cpu" else ["auto"]
     rows = []
     for stride in s.strides:
         positions = grid_size(height, cfg.network.patch_size, stride) * grid_size(
@@ -149,7 +150,7 @@ def bench_slices(cfg: DictConfig, device: torch.device, rate: float) -> list[dic
         rate = max(rate, matmul_rate(cfg.matmul.size, cfg.matmul.repeats, device))
         times = {}
         for engine in engines + ["unfold"]:
-            repeats = s.repeats if engine in ("auto", "rows", "rows_conv") else s.baseline_repeats
+            repeats = s.repeats if engine in ("auto", "rows") else s.baseline_repeats
             times[engine] = best_time(
                 lambda e=engine, st=stride: segment_slices(
                     net, image, st, 1, device, engine=e, chunk_positions=s.chunk_positions
@@ -459,7 +460,8 @@ def print_tables(results: dict, cfg: DictConfig) -> None:
                    ("floor_ms", "floor ms (FLOP / rate)", ".1f"),
                    ("efficiency", "efficiency", ".2f"), ("baseline_ms", "patch-by-patch ms", ".0f"),
                    ("speedup_vs_baseline", "speed-up", ".1f")]  # fmt: skip
-        columns += [(f"e_{e}", f"{e} ms", ".1f") for e in rows[0]["engines_ms"] if e != "unfold"]
+        labels = {"rows": "im2col + GEMM ms", "fcn": "conv twin ms"}
+        columns += [(f"e_{e}", labels[e], ".1f") for e in rows[0]["engines_ms"] if e in labels]
         print(markdown(rows, columns))
     if "volume" in results:
         print(f"\nb. whole volumes at stride {cfg.volume.stride} (fresh process each)")

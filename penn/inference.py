@@ -318,6 +318,8 @@ def segment_slices(
     classify = _dense_logits(net, stride, device, engine, batch_patches, chunk_positions, threads,
                              autocast_dtype)  # fmt: skip
     n_slices, height, width = slices.shape
+    if n_slices == 0:
+        raise ValueError("segment_slices: no slices given (shape (0, H, W))")
     pad_y, pad_x = _pad_amount(height, n, stride), _pad_amount(width, n, stride)
     ny, nx = (height + pad_y - n) // stride + 1, (width + pad_x - n) // stride + 1
     mode = "reflect" if pad_y < height and pad_x < width else "replicate"
