@@ -82,7 +82,7 @@ PAPER_TABLE2 = {
     "opconvnet": {"f1": 90.2, "iou": 82.3, "dice": 89.9},
     "penn": {"f1": 91.3, "iou": 83.8, "dice": 91.1},
 }
-TABLE2_METRICS = ("f1", "iou", "dice")
+TABLE2_METRICS = ("precision", "recall", "accuracy", "f1", "iou", "dice")
 
 
 @dataclass(frozen=True)
@@ -240,7 +240,7 @@ def table1(runs: list[Run], stage: str = "test", level: str = "pixel") -> Table:
 
 
 def table2(runs: list[Run], stage: str = "test", level: str = "pixel") -> Table:
-    """Table 2: one row per ``model.name`` (in the paper's order, others after), F1 / IoU / Dice."""
+    """Table 2: one row per ``model.name`` (paper order, others after), all six metrics."""
     groups = _group(runs, ("model.name",))
     order = list(PAPER_TABLE2)
     names = sorted(
