@@ -50,6 +50,7 @@ def test_bench_writes_the_headline_json(bench, phantom_dir, tmp_path, capsys):
             "stream.batches=5",
             "training.warmup_batches=2",
             "training.batches=3",
+            "training.threads=[null,1]",
             f"train_overrides={train}",
             "sections=[slice,volume,stream,training]",
         ]
@@ -70,5 +71,7 @@ def test_bench_writes_the_headline_json(bench, phantom_dir, tmp_path, capsys):
         assert row["engines_ms"]["rows"] > 0 and row["engines_ms"]["unfold"] > 0
     training = result["training"]
     assert all(training[f"pretrain_stage{i}_patches_s"] > 0 for i in (1, 2))
+    assert [run["threads"] for run in training["runs"]][1] == 1
+    assert result["volume"][0]["peak_rss_mb"] >= result["volume"][0]["rss_before_mb"] > 0
     assert set(result["targets"]) >= {"slice_stride4_s", "efficiency_stride_le4", "stream_ratio"}
     assert result["targets"]["volume_rss_gb"]["met"] is None  # no 200 x 512 x 512 volume here
