@@ -16,6 +16,7 @@ sums of the patch grid (a summed-area table), not from a transposed convolution.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -109,9 +110,31 @@ def _spread_mean(patch_values: torch.Tensor, patch_size: int, stride: int, heigh
     count_y = _spread_axis(v.new_ones(ny), 0, patch_size, stride)
     count_x = _spread_axis(v.new_ones(nx), 0, patch_size, stride)
     mean = (sums / (count_y[:, None] * count_x[None, :])).float()
-    if patch_size % stride == 0 and stride > 1:
-        mean = mean.repeat_interleave(stride, dim=2).repeat_interleave(stride, dim=3)
+    if patch_size % stride == 0 and stride > 1:  # each block mean over its stride x stride pixels
+        b, k, by, bx = mean.shape
+        mean = mean[:, :, :, None, :, None].expand(b, k, by, stride, bx, stride)
+        mean = mean.reshape(b, k, by * stride, bx * stride)
     return mean[:, :, :height, :width]
+
+
+_POOL: dict = {}  # the worker threads of _parallel, kept warm between calls: {(pid, n): pool}
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    """A pool of ``threads`` threads with one intra-op thread each, made once per process.
+
+    New threads cost milliseconds before their first product (OpenMP and oneDNN set up per
+    thread), which is a third of a 512 x 512 slice at stride 8. A forked child (a DataLoader
+    worker) gets a pool of its own, since the parent's threads do not exist in it.
+    """
+    key = (os.getpid(), threads)
+    pool = _POOL.get(key)
+    if pool is None:
+        pool = _POOL[key] = ThreadPoolExecutor(
+            threads, thread_name_prefix="penn-dense", initializer=torch.set_num_threads,
+            initargs=(1,),
+        )  # fmt: skip
+    return pool
 
 
 def _parallel(jobs: list, work, threads: int) -> None:
@@ -119,8 +142,8 @@ def _parallel(jobs: list, work, threads: int) -> None:
 
     Jobs are taken from a shared queue, so a core slowed down by another process only slows its
     own thread (a single GEMM on two intra-op threads stalls at every barrier instead). Each
-    thread keeps its own ``scratch`` dict of reusable buffers. The process-wide thread setting is
-    restored afterwards.
+    thread keeps its own ``scratch`` dict of reusable buffers for the call. The process-wide
+    thread setting is restored afterwards.
     """
     if threads <= 1 or len(jobs) <= 1:
         scratch: dict = {}
@@ -130,7 +153,6 @@ def _parallel(jobs: list, work, threads: int) -> None:
     queue, lock = iter(jobs), threading.Lock()
 
     def loop() -> None:
-        torch.set_num_threads(1)
         scratch: dict = {}
         with torch.inference_mode():
             while True:
@@ -141,12 +163,12 @@ def _parallel(jobs: list, work, threads: int) -> None:
                 work(job, scratch)
 
     before = torch.get_num_threads()
+    pool = _thread_pool(threads)
     try:
-        with ThreadPoolExecutor(threads) as pool:
-            for future in [pool.submit(loop) for _ in range(threads)]:
-                future.result()
+        for future in [pool.submit(loop) for _ in range(min(threads, len(jobs)))]:
+            future.result()
     finally:
-        torch.set_num_threads(before)
+        torch.set_num_threads(before)  # the pool's initializer sets the process-wide default
 
 
 class _RowsEngine:
