@@ -106,3 +106,31 @@ def test_target_must_exist_in_the_dataset_labels(cfg_tiny):
     module.prepare_data()
     with pytest.raises(DataError, match=r"dataset.json: target 'tumor' uses label values \[5\]"):
         module.setup("fit")
+
+
+def test_batches_cross_processes_by_value_through_a_wide_pipe(dm):
+    import pickle
+    import sys
+    from multiprocessing.reduction import ForkingPickler
+    from pathlib import Path
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's reductions, as in a worker)
+
+    from penn.datamodule import PatchBatch
+
+    batch = dm.train_dataloader().dataset.__getitems__([0, 1, 2])
+    assert isinstance(batch, PatchBatch)
+    again = pickle.loads(ForkingPickler.dumps(batch))  # as a loader worker sends it
+    assert isinstance(again, PatchBatch)
+    assert torch.equal(again[0], batch[0]) and torch.equal(again[1], batch[1])
+    limit = Path("/proc/sys/fs/pipe-max-size")
+    if sys.platform.startswith("linux") and limit.is_file():
+        import fcntl
+
+        dm.loader_cfg["num_workers"] = 1
+        loader = dm.train_dataloader()
+        iterator = iter(loader)
+        next(iterator)
+        fd = iterator._worker_result_queue._reader.fileno()
+        assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == min(loader.pipe_bytes, int(limit.read_text()))
+        del iterator
