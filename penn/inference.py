@@ -200,8 +200,14 @@ class _RowsEngine:
         ny, nx = (x.shape[2] - n) // s + 1, (x.shape[3] - n) // s + 1
         x = x.contiguous()
         out = x.new_empty(x.shape[0], ny, nx, self.n_outputs)
-        rows = max(1, self.chunk_positions // nx)
-        jobs = [(b, r, min(ny, r + rows)) for b in range(x.shape[0]) for r in range(0, ny, rows)]
+        # bands of equal height (at most chunk_positions patches), a multiple of the thread
+        # count per slice where there are rows enough, so that no thread waits for a short band
+        n_bands = -(-ny // max(1, self.chunk_positions // nx))
+        if self.threads > 1 and ny >= self.threads:
+            n_bands = -(-n_bands // self.threads) * self.threads
+        edges = np.linspace(0, ny, n_bands + 1).round().astype(int)
+        bands = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+        jobs = [(b, r0, r1) for b in range(x.shape[0]) for r0, r1 in bands]
         _parallel(jobs, lambda job, scratch: self._band(x, out, *job, scratch), self.threads)
         return out.permute(0, 3, 1, 2)
 
