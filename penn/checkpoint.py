@@ -131,9 +131,10 @@ def check_meta(path: str | Path, meta: object) -> None:
         raise CheckpointError(
             f"{path}: unknown plane {data['plane']!r}; use one of {list(PLANE_AXIS)}"
         )
-    if model_level(meta) not in ("patch", "pixel"):
-        raise CheckpointError(f"{path}: unknown model level {model_level(meta)!r}")
-    if model_level(meta) == "patch" and net.get("patch_size") != data["patches"]["size"]:
+    level = model_level(meta)
+    if level not in ("patch", "pixel"):
+        raise CheckpointError(f"{path}: unknown model level {level!r}")
+    if level == "patch" and net.get("patch_size") != data["patches"]["size"]:
         raise CheckpointError(
             f"{path}: network patch size {net.get('patch_size')} != "
             f"data.patches.size {data['patches']['size']}"

@@ -64,7 +64,7 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
         model: ``level`` (``patch`` default, or ``pixel``) and, for pixel-wise nets,
             ``context_offset`` (SAU-Net's neighbour offset, 0 otherwise).
         device: where to run (default: CUDA when there is a GPU, else CPU).
-        progress: a progress bar over each volume's slices (patch classifiers).
+        progress: a progress bar over each volume's slices.
     """
     model = model or {}
     device = device or default_device()
@@ -73,7 +73,10 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
         offset = int(model.get("context_offset", 0))
         return [
             Prediction(
-                segment_slices_pixelwise(net, s, inference["batch_slices"], device, offset), None
+                segment_slices_pixelwise(
+                    net, s, inference["batch_slices"], device, offset, progress=progress
+                ),
+                None,
             )
             for s in slices
         ]

@@ -375,20 +375,21 @@ def segment_slices(
 
 @torch.inference_mode()
 def segment_slices_pixelwise(net: nn.Module, slices: np.ndarray, batch_slices: int,
-                             device: str | torch.device = "cpu",
-                             context_offset: int = 0) -> np.ndarray:  # fmt: skip
+                             device: str | torch.device = "cpu", context_offset: int = 0,
+                             progress: bool = False) -> np.ndarray:  # fmt: skip
     """Class probabilities (S, K, H, W) float32 of a pixel-wise net on (S, H, W) slices.
 
     ``net`` maps (B, C, H, W) to logits (B, K, H, W), or to a tuple whose first item they are
     (D-TVNet's contour branch is ignored). With ``context_offset`` k > 0 (SAU-Net) each slice
     is fed with its neighbours i - k and i + k (edges replicated) as three channels.
-    K = 1: sigmoid; else softmax (BASELINES §3).
+    K = 1: sigmoid; else softmax (BASELINES §3). ``progress`` shows a bar over the batches.
     """
     was_training = net.training
     net.eval().to(device)
     volume = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
     last, chunks = len(volume) - 1, []
-    for start in range(0, len(volume), batch_slices):
+    starts = range(0, len(volume), batch_slices)
+    for start in tqdm(starts, desc="segment", disable=not progress, leave=False):
         index = torch.arange(start, min(start + batch_slices, len(volume)))
         if context_offset:
             picks = [(index + d).clamp(0, last) for d in (-context_offset, 0, context_offset)]
