@@ -168,9 +168,9 @@ class PatchDataset(Dataset):
         corner = (rows[:, 1].astype(np.int64) * height + rows[:, 2]) * width + rows[:, 3]
         return np.take(flat, corner[:, None, None] + offsets)
 
-    def __getitems__(self, indices: list[int]) -> PatchBatch:
-        indices = np.asarray(indices)
-        rows = self.index[indices]
+    def patches(self, indices) -> torch.Tensor:
+        """The patches at ``indices`` as they are, without augmentation: (B, 1, n, n) float32."""
+        rows = self.index[np.asarray(indices)]
         patches = np.empty((len(rows), self.patch_size, self.patch_size), dtype=np.float32)
         vols = rows[:, 0]
         if len(rows) and (vols == vols[0]).all():
@@ -179,7 +179,11 @@ class PatchDataset(Dataset):
             for vol in np.unique(vols):
                 sel = np.flatnonzero(vols == vol)
                 patches[sel] = self._cut(int(vol), rows[sel])
-        x = torch.from_numpy(patches).unsqueeze(1)  # (B, 1, n, n)
+        return torch.from_numpy(patches).unsqueeze(1)
+
+    def __getitems__(self, indices: list[int]) -> PatchBatch:
+        indices = np.asarray(indices)
+        x = self.patches(indices)
         if self.augment:
             x = self._augment(x)
         y = torch.from_numpy(self.targets[indices].astype(np.int64))
@@ -210,6 +214,11 @@ class BalancedSampler(Sampler[int]):
     calls :meth:`set_epoch` (also through its distributed wrapper), which makes a resumed run
     draw the same subsets as an uninterrupted one.
 
+    Hard-negative mining (:class:`penn.mining.HardNegativeMining`) may hand over background
+    patches the network gets wrong (:meth:`set_hard`); they then take the place of as many
+    random background patches in the following epochs, so the class ratio and the epoch length
+    stay the same.
+
     Args:
         targets: (N,) patch classes of the dataset.
         majority_fraction: share of class 0 in each epoch.
@@ -220,11 +229,29 @@ class BalancedSampler(Sampler[int]):
     def __init__(self, targets: np.ndarray, majority_fraction: float, seed: int, resample: bool):
         self.targets, self.majority_fraction = targets, majority_fraction
         self.seed, self.resample, self.epoch = int(seed), resample, 0
+        self.hard = np.zeros(0, np.int64)
         self._length = len(self._draw(0))
+
+    @property
+    def n_majority(self) -> int:
+        """Background (class 0) patches in each epoch."""
+        return self._length - int(np.count_nonzero(self.targets))
+
+    def set_hard(self, indices: np.ndarray) -> None:
+        """Background patches to include in every following epoch (at most ``n_majority``)."""
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        if len(indices) and (self.targets[indices] != 0).any():
+            raise ValueError("hard negatives must be background (class 0) patches")
+        self.hard = indices[: self.n_majority]
 
     def _draw(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch if self.resample else 0])
         keep = undersample(self.targets, self.majority_fraction, rng)
+        if len(self.hard):
+            background = keep[self.targets[keep] == 0]
+            random_part = background[~np.isin(background, self.hard)]
+            random_part = rng.choice(random_part, len(background) - len(self.hard), replace=False)
+            keep = np.concatenate([keep[self.targets[keep] != 0], self.hard, random_part])
         return rng.permutation(keep)
 
     def set_epoch(self, epoch: int) -> None:
@@ -271,6 +298,8 @@ class PatchDataModule(L.LightningDataModule):
         self.class_names: list[str] = []
         self.classes: list[list[int]] = []
         self.balance_log: dict[str, list[int]] = {}
+        self.train_dataset: PatchDataset | None = None
+        self.train_sampler: BalancedSampler | None = None
 
     @property
     def n_classes(self) -> int:
@@ -417,10 +446,13 @@ class PatchDataModule(L.LightningDataModule):
         cfg = self.loader_cfg
         workers, dataset = cfg["num_workers"], self._dataset(name)
         train = name == "train"
+        sampler = self._balanced_sampler(dataset) if train else None
+        if train:  # kept for hard-negative mining (penn.mining)
+            self.train_dataset, self.train_sampler = dataset, sampler
         return PatchLoader(
             dataset,
             batch_size=cfg["batch_size"],
-            sampler=self._balanced_sampler(dataset) if train else None,
+            sampler=sampler,
             num_workers=workers,
             collate_fn=_identity,
             pin_memory=cfg["pin_memory"] and torch.cuda.is_available(),

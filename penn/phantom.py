@@ -2,8 +2,9 @@
 
 Arrays are (X, Y, Z) in RAS voxel axes (axis0 L-R, axis1 P->A, axis2 I->S): ``image[x]`` is a
 sagittal slice. Labels: 0 other, 1 vertebral body, 2 tumour (always inside one body). Tissues
-are painted T2-like relative to mean marrow (1.0), then textured, blurred (partial volume),
-biased, corrupted with Rician noise and scaled so that CSF is about 1000.
+are painted relative to mean marrow (1.0) for the chosen sequence (``t1gd``, the paper's
+Gd-enhanced T1, or ``t2``), then textured, blurred (partial volume), biased, corrupted with
+Rician noise and scaled so that the brightest tissue is about 1000.
 """
 
 from __future__ import annotations
@@ -24,8 +25,17 @@ log = logging.getLogger(__name__)
 
 LABELS = {"background": 0, "vertebra": 1, "tumor": 2}
 META_NAME = "penn_phantom.json"
-_VERSION = 3  # bump when the generator changes, to invalidate cached datasets
+_VERSION = 4  # bump when the generator changes, to invalidate cached datasets
 _SCALE = 1000.0 / 2.2
+
+# Tissue intensities that depend on the sequence, relative to mean marrow (ranges are drawn per
+# volume). Fat (1.35-1.7), muscle, viscera and cortical bone are shared. On Gd-enhanced T1 (the
+# paper's scans) CSF is dark and discs are iso- to hypo-intense; on T2 (like lumbar-vb) CSF and
+# hydrated nuclei are bright.
+SEQUENCES = {
+    "t1gd": {"csf": (0.2, 0.4), "nucleus": (0.45, 0.8), "cord": 0.75},
+    "t2": {"csf": (1.9, 2.3), "nucleus": (0.45, 1.8), "cord": 0.85},
+}
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class PhantomSpec:
         tumor_contrast: Tumour/marrow intensity ratio range; (0.8, 1.25) is never drawn.
         noise_sigma: Rician noise sigma relative to the maximum clean signal.
         bias_strength: Amplitude of the smooth multiplicative bias field.
+        sequence: Tissue contrast, a key of :data:`SEQUENCES` (``t1gd`` or ``t2``).
     """
 
     shape: tuple[int, int, int]
@@ -53,6 +64,7 @@ class PhantomSpec:
     tumor_contrast: tuple[float, float]
     noise_sigma: float
     bias_strength: float
+    sequence: str = "t1gd"
 
     def __post_init__(self) -> None:
         """Coerce config containers (lists, OmegaConf nodes) to plain tuples and numbers."""
@@ -71,6 +83,8 @@ class PhantomSpec:
             ("bias_strength", float),
         ):
             object.__setattr__(self, name, kind(getattr(self, name)))
+        if self.sequence not in SEQUENCES:
+            raise ValueError(f"phantom sequence {self.sequence!r}: use one of {sorted(SEQUENCES)}")
 
 
 @dataclass
@@ -201,7 +215,7 @@ def _paint_soft_tissue(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> N
         img[np.broadcast_to(g.y < edge, img.shape)] = val
 
 
-def _paint_canal(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> None:
+def _paint_canal(img: np.ndarray, g: _Geom, rng: np.random.Generator, tissue: dict) -> None:
     """Posterior elements (unlabelled bone), epidural fat, CSF-filled canal and cord."""
     nx, ny, nz = img.shape
     front, width, hx = -g.hw.mean() - 0.01 * ny, rng.uniform(0.09, 0.12) * ny, 0.15 * nx
@@ -233,12 +247,13 @@ def _paint_canal(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> None:
                 )
     mid = front - 0.5 * width
     _ellipsoid(img, g, rng.uniform(1.35, 1.7), mid, nz / 2, 0.5 * width + 0.02 * ny, 4 * nz, 0, hx)
-    _ellipsoid(img, g, rng.uniform(1.9, 2.3), mid, nz / 2, 0.5 * width, 4 * nz, 0.0, hx)  # CSF
+    csf = rng.uniform(*tissue["csf"])
+    _ellipsoid(img, g, csf, mid, nz / 2, 0.5 * width, 4 * nz, 0.0, hx)
     conus = rng.uniform(0.3, 0.8) * nz
-    _ellipsoid(img, g, 0.85, mid, nz, 0.2 * width, nz - conus, 0.0, 0.5 * hx)  # cord
+    _ellipsoid(img, g, tissue["cord"], mid, nz, 0.2 * width, nz - conus, 0.0, 0.5 * hx)
 
 
-def _paint_column(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> np.ndarray:
+def _paint_column(img: np.ndarray, g: _Geom, rng: np.random.Generator, tissue: dict) -> np.ndarray:
     """Paint discs, then vertebral bodies (textured later) with a dark cortical rim.
 
     Returns:
@@ -248,7 +263,7 @@ def _paint_column(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> np.nda
     edges = np.r_[g.zc[0] - g.pitch, g.zc, g.zc[-1] + g.pitch]
     for za, zb in zip(edges[:-1], edges[1:], strict=True):
         win, q = _superellipse(g, (za + zb) / 2, 0.93 * g.hw.mean(), 0.45 * (zb - za), 2.5)
-        nucleus = rng.uniform(0.45, 1.8)
+        nucleus = rng.uniform(*tissue["nucleus"])
         val = np.where(q < 0.5, nucleus, 0.5 + 0.3 * nucleus)  # nucleus, annulus
         img[:, :, win] = np.where(q <= 1.0, val, img[:, :, win])
     for j, (zc, hw, hh) in enumerate(zip(g.zc, g.hw, g.hh, strict=True)):
@@ -333,8 +348,9 @@ def generate_volume_with_body(
     g = _sample_geometry(spec, rng)
     img = np.zeros(spec.shape, np.float32)
     _paint_soft_tissue(img, g, rng)
-    _paint_canal(img, g, rng)
-    body_id = _paint_column(img, g, rng)
+    tissue = SEQUENCES[spec.sequence]
+    _paint_canal(img, g, rng, tissue)
+    body_id = _paint_column(img, g, rng, tissue)
     labels = (body_id > 0).astype(np.uint8)
     if spec.max_tumors > 0 and rng.random() < spec.tumor_probability:
         for _ in range(int(rng.integers(1, spec.max_tumors + 1))):

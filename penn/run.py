@@ -31,6 +31,7 @@ from penn.io import write_json
 from penn.lit.baseline import SegmentationModule
 from penn.lit.finetune import FinetuneModule
 from penn.lit.pretrain import PretrainModule
+from penn.mining import HardNegativeMining
 from penn.reports import metrics_table, write_metrics, write_overlays
 from penn.runtime import close_loggers, log_final, make_loggers, make_trainer, resume_phase
 
@@ -99,7 +100,11 @@ def supervised_module(cfg: DictConfig, net, n_classes: int):
 def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]) -> None:
     """Supervised training of the whole network; leaves the best checkpoint's weights in ``net``."""
     module = supervised_module(cfg, net, dm.n_classes)
-    trainer = make_trainer(cfg, "finetune", cfg.model.finetune.epochs, loggers)
+    mining = cfg.model.finetune.get("hard_negatives")
+    callbacks = []
+    if model_info(cfg)["level"] == "patch" and mining and mining.fraction > 0:
+        callbacks.append(HardNegativeMining(mining.fraction, mining.pool, seed=cfg.seed))
+    trainer = make_trainer(cfg, "finetune", cfg.model.finetune.epochs, loggers, callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=resume[2] if resume[0] == "finetune" else None)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:

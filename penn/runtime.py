@@ -26,10 +26,12 @@ def make_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
-def make_trainer(cfg: DictConfig, phase: str, max_epochs: int, loggers: list[Logger]) -> L.Trainer:
+def make_trainer(cfg: DictConfig, phase: str, max_epochs: int, loggers: list[Logger],
+                 callbacks: list[L.Callback] = ()) -> L.Trainer:  # fmt: skip
     """A Trainer for one phase, checkpointing into ``checkpoints/<phase>/`` (best and last).
 
     Pretraining stages have no validation, so their checkpoint is simply the latest epoch.
+    ``callbacks`` are added to the configured ones for this phase only.
     """
     dirpath = Path(cfg.paths.output_dir) / "checkpoints" / phase
     monitored = phase == "finetune"
@@ -40,7 +42,10 @@ def make_trainer(cfg: DictConfig, phase: str, max_epochs: int, loggers: list[Log
     )
     extra = [instantiate(node) for node in (cfg.callbacks.get("extra") or {}).values() if node]
     return instantiate(
-        cfg.trainer, max_epochs=max_epochs, logger=loggers or False, callbacks=[checkpoint, *extra]
+        cfg.trainer,
+        max_epochs=max_epochs,
+        logger=loggers or False,
+        callbacks=[checkpoint, *extra, *callbacks],
     )
 
 

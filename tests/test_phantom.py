@@ -174,3 +174,16 @@ def test_write_phantom_dataset_regenerates_on_change_and_protects_foreign(tmp_pa
     with pytest.raises(FileExistsError):
         write_phantom_dataset(foreign, 1, SPEC, seed=0)
     assert (foreign / "keep.txt").read_text() == "x"
+
+
+def test_sequence_changes_contrast_not_anatomy() -> None:
+    """t1gd (default) and t2 share geometry and labels; CSF is dark on T1 and bright on T2."""
+    spec = replace(SPEC, shape=(8, 96, 96))
+    t1, lab1 = generate_volume(spec, np.random.default_rng(9))
+    t2, lab2 = generate_volume(replace(spec, sequence="t2"), np.random.default_rng(9))
+    np.testing.assert_array_equal(lab1, lab2)
+    changed = np.abs(t2 - t1) > 0.3 * np.median(t1[lab1 == 1])
+    assert changed.any()
+    assert np.median(t2[changed]) > 2.0 * np.median(t1[changed])  # the canal: bright on T2
+    with pytest.raises(ValueError, match="sequence"):
+        replace(SPEC, sequence="flair")

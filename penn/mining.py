@@ -1,0 +1,112 @@
+"""Hard-negative mining for the patch stream: background patches the network gets wrong.
+
+Random undersampling (the paper's T1MRI module) shows the fine-tuned network about as many
+background patches as target patches, drawn at random. Background patches that look like the
+target (bright fat or bowel next to an enhancing lesion, say) are a small share of the
+background, so few of them are drawn, yet at the true class balance (hundreds of background
+patches per target patch) they decide the precision. After each fine-tuning epoch this
+callback scores a random pool of training background patches with the current network and hands
+the highest-scoring ones to the :class:`~penn.datamodule.BalancedSampler`, which puts them in
+place of as many random background patches in the next epoch: the class ratio and the epoch
+length stay as configured ("bootstrapping", Sung and Poggio 1998).
+
+Choices use the training split only. ``fraction: 0`` is the paper's plain random undersampling.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import numpy as np
+import torch
+
+from penn.lit.finetune import class_probabilities
+
+__all__ = ["HardNegativeMining", "background_scores"]
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def background_scores(net: torch.nn.Module, dataset, indices: np.ndarray, batch_size: int,
+                      device: torch.device) -> np.ndarray:  # fmt: skip
+    """Probability of "not background" the network gives each patch at ``indices``."""
+    was_training = net.training
+    net.eval()
+    scores = np.empty(len(indices), np.float32)
+    try:
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            probs = class_probabilities(net(dataset.patches(chunk).to(device)))
+            not_background = probs if probs.ndim == 1 else 1.0 - probs[:, 0]
+            scores[start : start + len(chunk)] = not_background.float().cpu().numpy()
+    finally:
+        net.train(was_training)
+    return scores
+
+
+class HardNegativeMining(L.Callback):
+    """After every fine-tuning epoch, replace part of the random background with hard negatives.
+
+    Args:
+        fraction: share of each epoch's background patches taken from the hardest ones found
+            (0 disables mining: the paper's random undersampling).
+        pool: random training background patches scored after each epoch to find them; the
+            hardest ``fraction`` x (background per epoch) of this pool are kept.
+        batch_size: patches per forward pass while scoring.
+        seed: seeds the pool drawn after each epoch (with the epoch number).
+    """
+
+    def __init__(self, fraction: float, pool: int, batch_size: int = 4096, seed: int = 0):
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"hard-negative fraction must be in [0, 1), got {fraction}")
+        self.fraction, self.pool = float(fraction), int(pool)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self._hard = np.zeros(0, np.int64)
+
+    @staticmethod
+    def _stream(trainer: L.Trainer):
+        dm = trainer.datamodule
+        dataset, sampler = getattr(dm, "train_dataset", None), getattr(dm, "train_sampler", None)
+        if dataset is None or sampler is None:
+            raise TypeError(
+                "hard-negative mining needs a patch data module with a balanced sampler "
+                f"(penn.datamodule.PatchDataModule); got {type(dm).__name__}"
+            )
+        return dataset, sampler
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fraction > 0 and len(self._hard):  # resumed: the set mined before the stop
+            self._stream(trainer)[1].set_hard(self._hard)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fraction <= 0:
+            return
+        dataset, sampler = self._stream(trainer)
+        background = np.flatnonzero(dataset.targets == 0)
+        wanted = int(round(self.fraction * sampler.n_majority))
+        if wanted == 0 or len(background) == 0:
+            return
+        rng = np.random.default_rng([self.seed, trainer.current_epoch, 17])
+        pool = np.sort(rng.choice(background, min(self.pool, len(background)), replace=False))
+        scores = background_scores(pl_module.net, dataset, pool, self.batch_size, pl_module.device)
+        order = np.argsort(-scores, kind="stable")[:wanted]
+        self._hard = pool[order]
+        sampler.set_hard(self._hard)
+        pl_module.log("train/hard_negative_score", float(scores[order].mean()))
+        log.info(
+            "hard negatives: %d of %d background patches per epoch, from a pool of %d "
+            "(their mean score %.3f; the pool's %.3f)",
+            len(self._hard),
+            sampler.n_majority,
+            len(pool),
+            float(scores[order].mean()),
+            float(scores.mean()),
+        )
+
+    def state_dict(self) -> dict:
+        return {"hard": self._hard.tolist()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._hard = np.asarray(state_dict.get("hard", []), dtype=np.int64)
