@@ -242,7 +242,9 @@ class BalancedSampler(Sampler[int]):
         indices = np.unique(np.asarray(indices, dtype=np.int64))
         if len(indices) and (self.targets[indices] != 0).any():
             raise ValueError("hard negatives must be background (class 0) patches")
-        self.hard = indices[: self.n_majority]
+        if len(indices) > self.n_majority:
+            raise ValueError(f"{len(indices)} hard negatives exceed the epoch's {self.n_majority}")
+        self.hard = indices
 
     def _draw(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch if self.resample else 0])

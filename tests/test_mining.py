@@ -27,6 +27,8 @@ def test_sampler_swaps_random_background_for_hard_at_the_same_ratio() -> None:
     assert set(hard) <= set(mixed)
     with pytest.raises(ValueError, match="background"):
         sampler.set_hard([950])
+    with pytest.raises(ValueError, match="exceed"):
+        sampler.set_hard(np.arange(151))
 
 
 def test_callback_hands_the_highest_scoring_background_to_the_sampler(cfg_tiny) -> None:
