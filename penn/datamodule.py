@@ -139,7 +139,8 @@ class PatchDataset(Dataset):
         index: (N, 4) int32 rows of (volume, slice, y, x), the top-left corner of each patch.
         targets: (N,) uint8 patch classes.
         patch_size: patch side n.
-        augment: intensity augmentation ranges (``gamma``, ``scale``, ``noise_std``) or None.
+        augment: intensity augmentation ranges (``gamma``, ``scale``, ``noise_std``) and
+            ``flip`` (random mirroring of each patch in both in-plane axes), or None.
     """
 
     def __init__(self, slices, index, targets, patch_size: int, augment: dict | None):
@@ -194,7 +195,7 @@ class PatchDataset(Dataset):
         return x[0], y[0]
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-patch gamma, contrast scale and noise, for robustness to other scanners/sequences."""
+        """Per-patch gamma, contrast scale, noise and optional flips (robustness, more variety)."""
         n = x.shape[0]
         g0, g1 = self.augment["gamma"]
         s0, s1 = self.augment["scale"]
@@ -202,6 +203,9 @@ class PatchDataset(Dataset):
         scale = torch.empty(n, 1, 1, 1).uniform_(s0, s1)
         x = (x.clamp_min(0).log() * gamma).exp() * scale  # x ** gamma, 5x faster than pow here
         x = x + self.augment["noise_std"] * torch.randn_like(x)
+        if self.augment.get("flip"):  # mirror each patch along each in-plane axis with p = 0.5
+            for dim in (-1, -2):
+                x = torch.where(torch.rand(n, 1, 1, 1) < 0.5, x.flip(dim), x)
         return x.clamp(0.0, 1.0)
 
 

@@ -18,7 +18,14 @@ from penn.inference import (
 from penn.metrics import confusion_counts, summarize
 from penn.patches import label_patches
 
-__all__ = ["Prediction", "class_map", "predict_volumes", "calibrate", "score"]
+__all__ = [
+    "Prediction",
+    "class_map",
+    "predict_volumes",
+    "calibrate",
+    "calibrate_min_size",
+    "score",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,8 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
     Args:
         net: a patch classifier, or a pixel-wise net when ``model['level'] == 'pixel'``.
         slices: per volume, preprocessed (S, H, W) slices.
-        inference: the inference config (``stride`` of the patch grid, ``batch_slices``).
+        inference: the inference config (``stride`` of the patch grid, ``batch_slices``,
+            ``aggregate``: how patch probabilities become pixel probabilities).
         model: ``level`` (``patch`` default, or ``pixel``) and, for pixel-wise nets,
             ``context_offset`` (SAU-Net's neighbour offset, 0 otherwise).
         device: where to run (default: CUDA when there is a GPU, else CPU).
@@ -83,7 +91,14 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
     return [
         Prediction(
             *segment_slices(
-                net, s, inference["stride"], inference["batch_slices"], device, progress=progress
+                net,
+                s,
+                inference["stride"],
+                inference["batch_slices"],
+                device,
+                progress=progress,
+                aggregate=inference.get("aggregate", "mean"),  # files saved before it: mean
+                center_sigma=inference.get("center_sigma", 0.0),
             )
         )
         for s in slices
@@ -121,6 +136,44 @@ def calibrate(predictions: list[Prediction], truths: list[np.ndarray], inference
     )
     log.info("calibrated threshold %.3f on validation (pooled pixel Dice %.4f)", threshold, dice)
     return threshold, {"method": "grid", "val_pooled_dice": dice}
+
+
+def calibrate_min_size(predictions: list[Prediction], truths: list[np.ndarray],
+                       threshold: float | None, inference: dict) -> tuple[int, dict]:  # fmt: skip
+    """The post-processing ``min_size`` with the best pooled validation Dice.
+
+    The candidates are ``inference.calibration.min_sizes`` (3D connected components smaller than
+    this many voxels are dropped); an empty list keeps ``inference.postprocess.min_size``. The
+    other post-processing settings are applied as configured. Multi-class: the mean over the
+    foreground classes of their pooled Dice.
+
+    Args:
+        predictions: validation predictions.
+        truths: matching class maps.
+        threshold: the calibrated decision threshold (None: argmax).
+        inference: the inference config.
+
+    Returns:
+        (chosen min_size, a dict that records every candidate's pooled validation Dice).
+    """
+    candidates = [int(m) for m in inference["calibration"].get("min_sizes") or []]
+    current = int(inference["postprocess"]["min_size"])
+    if not candidates or not any(t.any() for t in truths):
+        return current, {"min_size": current, "method": "fixed"}
+    n_classes = max(2, predictions[0].probs.shape[1])
+    decided = [decide(p.probs, threshold) for p in predictions]
+    dice = {}
+    for size in candidates:
+        settings = inference["postprocess"] | {"min_size": size}
+        counts = sum(
+            confusion_counts(postprocess(d, **settings), t, n_classes)
+            for d, t in zip(decided, truths, strict=True)
+        )
+        tp, fp, fn = counts[1:, 0], counts[1:, 1], counts[1:, 3]
+        dice[size] = float(np.mean(2 * tp / np.maximum(2 * tp + fp + fn, 1)))
+    best = max(candidates, key=lambda m: (dice[m], -m))  # ties: the smallest
+    log.info("calibrated min_size %d on validation (pooled pixel Dice %.4f)", best, dice[best])
+    return best, {"min_size": best, "method": "grid", "val_pooled_dice": dice}
 
 
 def score(predictions: list[Prediction], labels: list[np.ndarray], classes: list[list[int]],

@@ -35,6 +35,7 @@ __all__ = [
     "classify_unfolded",
     "segment_slices",
     "ENGINES",
+    "AGGREGATES",
     "segment_slices_pixelwise",
     "decide",
     "calibrate_threshold",
@@ -115,6 +116,29 @@ def _spread_mean(patch_values: torch.Tensor, patch_size: int, stride: int, heigh
         mean = mean[:, :, :, None, :, None].expand(b, k, by, stride, bx, stride)
         mean = mean.reshape(b, k, by * stride, bx * stride)
     return mean[:, :, :height, :width]
+
+
+def _centre_readout(grid: torch.Tensor, stride: int, height: int, width: int) -> torch.Tensor:
+    """Pixel values from grid values at pixels (i * stride, j * stride), bilinear in between."""
+    if stride > 1:
+        size = ((grid.shape[2] - 1) * stride + 1, (grid.shape[3] - 1) * stride + 1)
+        grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=True)
+    return grid[:, :, :height, :width]
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian filter of (B, K, H, W) over H and W (reflected edges, 3 sigma)."""
+    if sigma <= 0:
+        return x
+    radius = max(1, min(int(3 * sigma + 0.5), x.shape[2] - 1, x.shape[3] - 1))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    b, k, h, w = x.shape
+    y = F.pad(x.reshape(b * k, 1, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, kernel.view(1, 1, 1, -1))
+    y = F.conv2d(y, kernel.view(1, 1, -1, 1))
+    return y.reshape(b, k, h, w)
 
 
 _POOL: dict = {}  # the worker threads of _parallel, kept warm between calls: {(pid, n): pool}
@@ -239,6 +263,7 @@ class _RowsEngine:
 
 
 ENGINES = ("auto", "rows", "rows_conv", "fcn", "unfold")
+AGGREGATES = ("mean", "center")  # patch grid -> pixel probabilities (see segment_slices)
 
 
 def classify_unfolded(
@@ -311,6 +336,8 @@ def segment_slices(
     chunk_positions: int = 2048,
     threads: int | None = None,
     autocast_dtype: torch.dtype | None = None,
+    aggregate: str = "mean",
+    center_sigma: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities of every pixel of a stack of slices.
 
@@ -333,6 +360,15 @@ def segment_slices(
         threads: threads of the ``rows`` engine (default: ``torch.get_num_threads()``).
         autocast_dtype: e.g. ``torch.bfloat16`` to run the ``fcn`` engine under autocast on a
             GPU (default: float32 throughout).
+        aggregate: how a pixel's probability comes from the patch grid (:data:`AGGREGATES`):
+            ``mean`` (the paper: the mean over the patches that cover it) or ``center`` (the
+            patch centred on it, linearly interpolated between grid points when ``stride`` > 1;
+            the read-out that matches the centre-pixel labelling rule). For ``center`` the
+            slice is reflect-padded by n // 2 so that border pixels have a centred patch too,
+            and ``stride`` must divide n // 2.
+        center_sigma: with ``center``, a Gaussian of this standard deviation (pixels) over
+            the centre read-out: a mean of the nearby patches weighted by the distance of their
+            centres (0: none; as sigma grows it approaches a smooth version of ``mean``).
 
     Returns:
         (pixel probabilities (S, K, H, W), patch probabilities (S, K, ny, nx)) as float32, where
@@ -348,9 +384,21 @@ def segment_slices(
     n_slices, height, width = slices.shape
     if n_slices == 0:
         raise ValueError("segment_slices: no slices given (shape (0, H, W))")
-    pad_y, pad_x = _pad_amount(height, n, stride), _pad_amount(width, n, stride)
-    ny, nx = (height + pad_y - n) // stride + 1, (width + pad_x - n) // stride + 1
-    mode = "reflect" if pad_y < height and pad_x < width else "replicate"
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate={aggregate!r}: use one of {AGGREGATES}")
+    if aggregate == "center":
+        head = n // 2
+        if head % stride:
+            raise ValueError(f"aggregate='center' needs a stride that divides {head}, got {stride}")
+        # corner i * stride of the padded slice is the patch centred on pixel i * stride
+        ny, nx = -(-(height - 1) // stride) + 1, -(-(width - 1) // stride) + 1
+        right, bottom = (nx - 1) * stride + n - width - head, (ny - 1) * stride + n - height - head
+        pads = (head, right, head, bottom)
+    else:
+        pad_y, pad_x = _pad_amount(height, n, stride), _pad_amount(width, n, stride)
+        ny, nx = (height + pad_y - n) // stride + 1, (width + pad_x - n) // stride + 1
+        pads = (0, pad_x, 0, pad_y)
+    mode = "reflect" if max(pads[:2]) < width and max(pads[2:]) < height else "replicate"
     pixel_out = patch_out = None
     batches = range(0, n_slices, batch_slices)
     for start in tqdm(batches, desc="segment", disable=not progress, leave=False):
@@ -358,14 +406,18 @@ def segment_slices(
         if device.type == "cuda":
             batch = batch.pin_memory()
         x = batch.to(device, non_blocking=True)[:, None]
-        x = F.pad(x, (0, pad_x, 0, pad_y), mode=mode)
+        x = F.pad(x, pads, mode=mode)
         logits = classify(x)
         probs = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
-        pixel = _spread_mean(probs, n, stride, height, width)
+        if aggregate == "center":
+            pixel = _gaussian_blur(_centre_readout(probs, stride, height, width), center_sigma)
+            probs = probs[:, :, head // stride :, head // stride :]  # the unpadded patch grid
+        else:
+            pixel = _spread_mean(probs, n, stride, height, width)
         if pixel_out is None:
-            k = probs.shape[1]
+            k, gy, gx = probs.shape[1:]
             pixel_out = np.empty((n_slices, k, height, width), dtype=np.float32)
-            patch_out = np.empty((n_slices, k, ny, nx), dtype=np.float32)
+            patch_out = np.empty((n_slices, k, gy, gx), dtype=np.float32)
         stop = start + len(batch)
         pixel_out[start:stop] = pixel.cpu().numpy()
         patch_out[start:stop] = probs.float().cpu().numpy()

@@ -53,6 +53,9 @@ class PhantomSpec:
         noise_sigma: Rician noise sigma relative to the maximum clean signal.
         bias_strength: Amplitude of the smooth multiplicative bias field.
         sequence: Tissue contrast, a key of :data:`SEQUENCES` (``t1gd`` or ``t2``).
+        viscera_contrast: Intensity/marrow range of the bright bowel-like blobs in front of the
+            column (one value drawn per volume); ranges that overlap ``tumor_contrast`` make
+            them lesion mimics.
     """
 
     shape: tuple[int, int, int]
@@ -65,6 +68,7 @@ class PhantomSpec:
     noise_sigma: float
     bias_strength: float
     sequence: str = "t1gd"
+    viscera_contrast: tuple[float, float] = (1.6, 2.0)
 
     def __post_init__(self) -> None:
         """Coerce config containers (lists, OmegaConf nodes) to plain tuples and numbers."""
@@ -73,6 +77,7 @@ class PhantomSpec:
             ("spacing", float),
             ("tumor_radius_px", float),
             ("tumor_contrast", float),
+            ("viscera_contrast", float),
         ):
             object.__setattr__(self, name, tuple(kind(v) for v in getattr(self, name)))
         for name, kind in (
@@ -200,11 +205,14 @@ def _ellipsoid(
     img[:, :, win][q <= 1.0] = val
 
 
-def _paint_soft_tissue(img: np.ndarray, g: _Geom, rng: np.random.Generator) -> None:
+def _paint_soft_tissue(
+    img: np.ndarray, g: _Geom, rng: np.random.Generator, spec: PhantomSpec
+) -> None:
     """Muscle behind the column, mixed viscera and aorta in front, fat, skin and air."""
     nx, ny, nz = img.shape
     blobs = _field(rng, img.shape, (1.0, 8.0, 8.0))
-    front = np.where(blobs > 1.1, rng.uniform(1.6, 2.0), np.where(blobs < -1.0, 0.35, 0.7))
+    bright = rng.uniform(*spec.viscera_contrast)
+    front = np.where(blobs > 1.1, bright, np.where(blobs < -1.0, 0.35, 0.7))
     img[:] = np.where(g.y > g.yc, front, rng.uniform(0.5, 0.65))
     aorta = (g.hw.mean() + 0.12 * ny, nz / 2, 0.09 * ny, 4 * nz, -0.3 * nx, 0.15 * nx)
     _ellipsoid(img, g, 0.15, *aorta)  # flow void
@@ -347,7 +355,7 @@ def generate_volume_with_body(
     """Like :func:`generate_volume`, also returning the body mask (bool) before tumours."""
     g = _sample_geometry(spec, rng)
     img = np.zeros(spec.shape, np.float32)
-    _paint_soft_tissue(img, g, rng)
+    _paint_soft_tissue(img, g, rng, spec)
     tissue = SEQUENCES[spec.sequence]
     _paint_canal(img, g, rng, tissue)
     body_id = _paint_column(img, g, rng, tissue)

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from penn.checkpoint import save_model
-from penn.evaluation import calibrate, class_map, predict_volumes, score
+from penn.evaluation import calibrate, calibrate_min_size, class_map, predict_volumes, score
 from penn.io import write_json
 from penn.lit.baseline import SegmentationModule
 from penn.lit.finetune import FinetuneModule
@@ -121,6 +121,10 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
     val_pred = predict_volumes(net, val.slices, inference, model)
     val_truth = [class_map(lab, dm.classes) for lab in val.labels]
     threshold, calibration = calibrate(val_pred, val_truth, inference)
+    min_size, calibration["postprocess"] = calibrate_min_size(
+        val_pred, val_truth, threshold, inference
+    )
+    inference["postprocess"]["min_size"] = min_size
     val_metrics, _ = score(
         val_pred, val.labels, dm.classes, dm.class_names, dm.patch_cfg, inference, threshold, "val"
     )

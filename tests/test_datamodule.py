@@ -134,3 +134,23 @@ def test_batches_cross_processes_by_value_through_a_wide_pipe(dm):
         fd = iterator._worker_result_queue._reader.fileno()
         assert fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) == min(loader.pipe_bytes, int(limit.read_text()))
         del iterator
+
+
+def test_flip_augmentation_mirrors_patches_and_keeps_their_values():
+    from penn.datamodule import PatchDataset
+
+    rng = np.random.default_rng(0)
+    slices = [rng.random((2, 12, 12)).astype(np.float32)]
+    index = np.array([[0, s, y, x] for s in range(2) for y in range(4) for x in range(4)] * 8)
+    identity = {"gamma": [1.0, 1.0], "scale": [1.0, 1.0], "noise_std": 0.0}
+    plain = PatchDataset(slices, index, np.zeros(len(index), np.uint8), 6, identity)
+    flipped = PatchDataset(
+        slices, index, np.zeros(len(index), np.uint8), 6, identity | {"flip": True}
+    )
+    torch.manual_seed(0)
+    x = plain.__getitems__(list(range(len(index))))[0]
+    y = flipped.__getitems__(list(range(len(index))))[0]
+    variants = torch.stack([x, x.flip(-1), x.flip(-2), x.flip(-1).flip(-2)])  # (4, N, 1, 6, 6)
+    match = (variants == y[None]).flatten(2).all(-1)  # (4, N): which mirror each patch is
+    assert match.any(0).all()  # every output is a mirror of its own patch
+    assert (match.float().mean(1) > 0.15).all()  # all four mirrors occur (256 patches)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from penn.inference import (
     calibrate_threshold,
@@ -57,6 +58,48 @@ def test_dense_output_equals_patch_by_patch(stride, n_outputs):
         logits = net(torch.from_numpy(slices[1:2, None, stride : stride + 8, 0:8].copy()))
     first = torch.sigmoid(logits)[0, 0] if n_outputs == 1 else logits.softmax(1)[0, 0]
     assert patch_probs[1, 0, 1, 0] == pytest.approx(first.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_centre_readout_is_the_centred_patch_interpolated_between_grid_points(stride):
+    torch.manual_seed(0)
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=1).eval()
+    for p in net.parameters():
+        p.data *= 3
+    slices = np.random.default_rng(1).random((2, 19, 22)).astype(np.float32)
+    dense, patch_probs = segment_slices(net, slices, stride, batch_slices=1, aggregate="center")
+    mean_dense, mean_patch = segment_slices(net, slices, stride, batch_slices=1)
+    assert dense.shape == (2, 1, 19, 22) and dense.std() > 1e-3
+    # reference: the patch centred on pixel (y, x), cut from the reflect-padded slice
+    padded = np.pad(slices, ((0, 0), (4, 8), (4, 8)), mode="reflect")
+    patches = np.lib.stride_tricks.sliding_window_view(padded, (8, 8), axis=(1, 2))[:, :19, :22]
+    with torch.no_grad():
+        logits = net(torch.from_numpy(patches.reshape(-1, 1, 8, 8).copy()))
+    centred = torch.sigmoid(logits).numpy().reshape(2, 19, 22)
+    on_grid = np.ix_(range(2), range(0, 19, stride), range(0, 22, stride))
+    np.testing.assert_allclose(dense[:, 0][on_grid], centred[on_grid], atol=1e-5)
+    if stride == 2:  # half-way between two grid points along x: the mean of the two
+        np.testing.assert_allclose(
+            dense[:, 0, ::2, 1:21:2],
+            (centred[:, ::2, 0:20:2] + centred[:, ::2, 2:22:2]) / 2,
+            atol=1e-5,
+        )
+    # the patch grid (for patch metrics) is the unpadded one, as with the mean read-out
+    gy, gx = (19 - 8) // stride + 1, (22 - 8) // stride + 1
+    np.testing.assert_allclose(patch_probs[:, :, :gy, :gx], mean_patch[:, :, :gy, :gx], atol=1e-5)
+    assert not np.allclose(dense, mean_dense)
+    # center_sigma: a Gaussian over the centre read-out (scipy's, mirrored edges, 3 sigma)
+    smooth, _ = segment_slices(net, slices, stride, 1, aggregate="center", center_sigma=1.5)
+    expected = ndimage.gaussian_filter(dense, (0, 0, 1.5, 1.5), mode="mirror", truncate=3.0)
+    np.testing.assert_allclose(smooth, expected, atol=1e-5)
+
+
+def test_centre_readout_rejects_a_stride_that_misses_the_centres():
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=1, n_nodes=3, n_outputs=1).eval()
+    with pytest.raises(ValueError, match="divides 4"):
+        segment_slices(net, np.zeros((1, 12, 12), np.float32), 3, 1, aggregate="center")
+    with pytest.raises(ValueError, match="aggregate="):
+        segment_slices(net, np.zeros((1, 12, 12), np.float32), 2, 1, aggregate="max")
 
 
 def test_unfolded_patches_match_the_fully_convolutional_twin():
@@ -155,3 +198,24 @@ def test_unknown_or_unsuitable_engines_are_refused():
     cnn = OPConvNet(patch_size=8, n_outputs=1, channels=(2, 2), hidden=2, dropout=0.0)
     with pytest.raises(ValueError, match="needs a StackedSparseAutoencoder"):
         segment_slices(cnn, slices, 2, 1, engine="rows")
+
+
+def test_min_size_is_chosen_on_validation_and_drops_small_false_positives():
+    from penn.evaluation import Prediction, calibrate_min_size
+
+    truth = np.zeros((4, 20, 20), np.uint8)
+    truth[1:3, 2:8, 2:8] = 1  # a 72-voxel lesion
+    probs = truth[:, None].astype(np.float32) * 0.9
+    probs[2, 0, 15:17, 15:18] = 0.8  # a 6-voxel false positive
+    inference = {
+        "calibration": {"min_sizes": [0, 5, 10, 100]},
+        "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0},
+    }
+    size, record = calibrate_min_size([Prediction(probs, None)], [truth], 0.5, inference)
+    # 0 and 5 keep the false positive (Dice 144 / 150); 10 keeps only the lesion; 100 drops all
+    assert size == 10
+    assert record["val_pooled_dice"] == pytest.approx(
+        {0: 144 / 150, 5: 144 / 150, 10: 1.0, 100: 0.0}
+    )
+    inference["calibration"]["min_sizes"] = []
+    assert calibrate_min_size([Prediction(probs, None)], [truth], 0.5, inference)[0] == 0

@@ -187,3 +187,17 @@ def test_sequence_changes_contrast_not_anatomy() -> None:
     assert np.median(t2[changed]) > 2.0 * np.median(t1[changed])  # the canal: bright on T2
     with pytest.raises(ValueError, match="sequence"):
         replace(SPEC, sequence="flair")
+
+
+def test_viscera_contrast_changes_only_the_blobs_in_front_of_the_column() -> None:
+    spec = replace(SPEC, shape=(8, 96, 96), viscera_contrast=(1.6, 2.0))
+    bright, lab1 = generate_volume(spec, np.random.default_rng(3))
+    dim, lab2 = generate_volume(
+        replace(spec, viscera_contrast=(1.1, 1.2)), np.random.default_rng(3)
+    )
+    np.testing.assert_array_equal(lab1, lab2)
+    marrow = np.median(bright[lab1 == 1])
+    changed = np.abs(bright - dim) > 0.2 * marrow
+    assert changed.any() and not (changed & (lab1 > 0)).any()  # never inside a body
+    ratio = np.median(bright[changed]) / np.median(dim[changed])
+    assert 1.6 / 1.2 < ratio < 2.0 / 1.1  # the blobs' drawn contrasts, before blur and noise
