@@ -34,6 +34,7 @@ __all__ = [
     "confusion_counts",
     "patch_metric_collection",
     "summarize",
+    "best_interval_dice",
 ]
 
 METRICS = ("precision", "recall", "accuracy", "f1", "iou", "dice")
@@ -155,3 +156,29 @@ def summarize(
 def _per_volume_table(per_volume: list[np.ndarray], c: int) -> dict[str, np.ndarray]:
     rows = [metrics_from_counts(*counts[c]) for counts in per_volume]
     return {m: np.array([r[m] for r in rows]) for m in METRICS}
+
+
+def best_interval_dice(images: list[np.ndarray], masks: list[np.ndarray], bins: int = 200) -> float:
+    """The intensity-threshold baseline: best Dice of any global intensity band [lo, hi).
+
+    Pooled over the volumes (one band for all). Candidate edges are ``bins`` quantiles of all
+    voxels and of the target's voxels, so one-sided thresholds (above t / below t) and
+    two-sided bands are all searched. A model that does not beat this has learned nothing a
+    threshold could not do.
+
+    Args:
+        images: per volume, intensities (any shape).
+        masks: per volume, boolean target masks of the same shape.
+    """
+    v = np.concatenate([im.ravel() for im in images])
+    m = np.concatenate([mk.ravel() for mk in masks])
+    q = np.linspace(0.0, 1.0, bins + 1)
+    edges = np.unique(np.r_[np.quantile(v, q), np.quantile(v[m], q)])
+    edges[-1] = np.nextafter(edges[-1], np.inf)
+    idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+    cum_all = np.r_[0, np.cumsum(np.bincount(idx, minlength=len(edges) - 1))]
+    cum_tum = np.r_[0, np.cumsum(np.bincount(idx[m], minlength=len(edges) - 1))]
+    pred = cum_all[None, :] - cum_all[:, None]  # voxels in band [edge_i, edge_j)
+    tp = cum_tum[None, :] - cum_tum[:, None]
+    dice = np.where(pred > 0, 2.0 * tp / np.maximum(pred + m.sum(), 1), 0.0)
+    return float(dice.max())

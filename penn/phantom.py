@@ -55,7 +55,8 @@ class PhantomSpec:
         sequence: Tissue contrast, a key of :data:`SEQUENCES` (``t1gd`` or ``t2``).
         viscera_contrast: Intensity/marrow range of the bright bowel-like blobs in front of the
             column (one value drawn per volume); ranges that overlap ``tumor_contrast`` make
-            them lesion mimics.
+            them lesion mimics. The default here is the mimicking range of the first phantom
+            versions; ``conf/data/phantom.yaml`` sets 1.15-1.45.
     """
 
     shape: tuple[int, int, int]

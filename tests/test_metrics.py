@@ -62,3 +62,17 @@ def test_summary_reports_each_class_and_their_mean():
     assert out["test/pixel/vertebra/dice"] == pytest.approx(2 / 3)
     assert out["test/pixel/tumor/dice"] == pytest.approx(2 / 3)
     assert out["test/pixel/dice"] == pytest.approx(2 / 3)
+
+
+def test_best_interval_dice_finds_the_band_and_counts_its_overlap():
+    from penn.metrics import best_interval_dice
+
+    image = np.array([0.0, 1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0])
+    exact = np.array([0, 0, 1, 1, 1, 1, 0, 0], bool)  # the band [2, 4) is the target exactly
+    assert best_interval_dice([image], [exact]) == pytest.approx(1.0)
+    # target {2.0, 5.0}: any band holding both also holds the 4 voxels between them;
+    # the best is one voxel alone, 2 * 1 / (1 + 2)
+    split = np.array([0, 0, 1, 0, 0, 0, 0, 1], bool)
+    assert best_interval_dice([image[:4], image[4:]], [split[:4], split[4:]]) == pytest.approx(
+        2 / 3
+    )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from penn.metrics import best_interval_dice
 from penn.phantom import (
     META_NAME,
     PhantomSpec,
@@ -33,26 +34,6 @@ SPEC = PhantomSpec(
 
 def _volumes(spec: PhantomSpec, n: int, seed: int = 0) -> list[tuple[np.ndarray, ...]]:
     return [generate_volume_with_body(spec, np.random.default_rng([seed, i])) for i in range(n)]
-
-
-def best_interval_dice(images: list[np.ndarray], masks: list[np.ndarray], bins: int = 200) -> float:
-    """Best tumour Dice of any global intensity interval [lo, hi) pooled over volumes.
-
-    Candidate edges are quantiles of all voxels and of tumour voxels, so one-sided
-    thresholds (above t / below t) and two-sided bands are all searched.
-    """
-    v = np.concatenate([im.ravel() for im in images])
-    m = np.concatenate([mk.ravel() for mk in masks])
-    q = np.linspace(0.0, 1.0, bins + 1)
-    edges = np.unique(np.r_[np.quantile(v, q), np.quantile(v[m], q)])
-    edges[-1] = np.nextafter(edges[-1], np.inf)
-    idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
-    cum_all = np.r_[0, np.cumsum(np.bincount(idx, minlength=len(edges) - 1))]
-    cum_tum = np.r_[0, np.cumsum(np.bincount(idx[m], minlength=len(edges) - 1))]
-    pred = cum_all[None, :] - cum_all[:, None]  # voxels in band [edge_i, edge_j)
-    tp = cum_tum[None, :] - cum_tum[:, None]
-    dice = np.where(pred > 0, 2.0 * tp / np.maximum(pred + m.sum(), 1), 0.0)
-    return float(dice.max())
 
 
 def test_spec_coerces_config_lists() -> None:
