@@ -107,6 +107,8 @@ def machine() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark if gpu else None,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if gpu else None,
         "device": "cuda" if gpu else "cpu",
         "note": None if gpu else NO_GPU,
     }
@@ -140,8 +142,8 @@ def bench_slices(cfg: DictConfig, device: torch.device, rate: float) -> list[dic
     height, width = s.shape
     image = np.random.default_rng(cfg.seed).random((1, height, width), dtype=np.float32)
     per_patch = patch_flops(**cfg.network)
-    # auto is rows_conv on a CPU and fcn on a GPU; rows (im2col + GEMM) and fcn for comparison
-    engines = ["auto", "rows", "fcn"] if device.type == "cpu" else ["auto"]
+    # auto is rows_conv on a CPU and fcn_stacked on a GPU; the others for comparison
+    engines = ["auto", "rows", "fcn"] if device.type == "cpu" else ["auto", "fcn"]
     rows = []
     for stride in s.strides:
         positions = grid_size(height, cfg.network.patch_size, stride) * grid_size(
@@ -171,6 +173,8 @@ def bench_slices(cfg: DictConfig, device: torch.device, rate: float) -> list[dic
             "speedup_vs_baseline": times["unfold"] / seconds,
             "engines_ms": {e: 1e3 * t for e, t in times.items()},
         }
+        if device.type == "cuda":
+            row.update(gpu_throughput(net, cfg, device, stride))
         rows.append(row)
         engines_ms = {e: round(v, 1) for e, v in row["engines_ms"].items()}
         log.info("stride %d: %.1f ms (efficiency %.2f against the rate just before), engines %s",
@@ -182,6 +186,32 @@ def bench_slices(cfg: DictConfig, device: torch.device, rate: float) -> list[dic
         row.update(best_rate_gflops=best / 1e9, floor_ms=1e3 * flops / best,
                    efficiency=flops / best / seconds)  # fmt: skip
     return rows
+
+
+def gpu_throughput(net, cfg: DictConfig, device: torch.device, stride: int) -> dict:
+    """Slices per second on a GPU: ``slice.gpu_batch`` slices per call, host array in and out.
+
+    Timed end to end (upload, network, read-out, download into numpy) in float32 (convolutions
+    in TF32 where cuDNN allows it, PyTorch's default) and under bfloat16 autocast.
+    """
+    s = cfg.slice
+    images = np.random.default_rng(cfg.seed).random((s.gpu_batch, *s.shape), dtype=np.float32)
+    out = {"gpu_batch": s.gpu_batch}
+    # named by what they do, whatever segment_slices' defaults: unpinned, then pinned batches
+    runs = [("fp32", None, False), ("bf16", torch.bfloat16, False)]
+    runs.append(("bf16_pinned", torch.bfloat16, True))  # page-locked copy of each batch
+    for name, dtype, pinned in runs:
+        seconds = best_time(
+            lambda d=dtype, p=pinned: segment_slices(
+                net, images, stride, s.gpu_batch, device, autocast_dtype=d, pin_memory=p
+            ),
+            s.repeats,
+            device,
+        )
+        out[f"gpu_{name}_slices_s"] = s.gpu_batch / seconds
+    log.info("stride %d on the GPU: %.0f slices/s float32, %.0f bfloat16 (batches of %d)", stride,
+             out["gpu_fp32_slices_s"], out["gpu_bf16_slices_s"], s.gpu_batch)  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------- b. whole volumes
@@ -380,16 +410,24 @@ def bench_training(cfg: DictConfig, train_cfg: DictConfig, dm) -> dict:
 
 
 def _plain_steps(net, batches, warmup: int, train_cfg: DictConfig) -> float:
-    """Patches per second of bare forward + backward + optimizer steps (no Lightning)."""
+    """Patches per second of bare forward + backward + optimizer steps (no Lightning).
+
+    On the GPU when the trainer config asks for one (batches moved there inside the timing).
+    """
     import torch.nn.functional as F
     from hydra.utils import instantiate
 
-    net.train()
+    gpu = torch.cuda.is_available() and train_cfg.trainer.accelerator in ("gpu", "cuda", "auto")
+    device = torch.device("cuda" if gpu else "cpu")
+    net.to(device).train()
     optimizer = instantiate(train_cfg.model.finetune.optimizer)(net.parameters())
     count, start = 0, None
     for i, (x, y) in enumerate(batches):
         if i == warmup:
+            if gpu:
+                torch.cuda.synchronize()
             start = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad()
         logits = net(x)
         if logits.shape[1] == 1:
@@ -399,7 +437,11 @@ def _plain_steps(net, batches, warmup: int, train_cfg: DictConfig) -> float:
         loss.backward()
         optimizer.step()
         count += len(x) if i >= warmup else 0
-    return count / (time.perf_counter() - start)
+    if gpu:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    net.cpu()
+    return count / seconds
 
 
 def bench_protocol(cfg: DictConfig) -> dict:
@@ -438,6 +480,9 @@ def headline(results: dict, cfg: DictConfig) -> dict:
         out[f"slice_stride{stride}_s"] = row["ms"] / 1e3
         out[f"efficiency_stride{stride}"] = row["efficiency"]
         out[f"speedup_vs_patch_by_patch_stride{stride}"] = row["speedup_vs_baseline"]
+        for key in ("gpu_fp32_slices_s", "gpu_bf16_slices_s", "gpu_bf16_pinned_slices_s"):
+            if key in row:
+                out[f"{key[:-2]}_stride{stride}_s"] = row[key]
     small = [row["efficiency"] for s, row in slices.items() if s <= 4]
     out["min_efficiency_stride_le4"] = min(small) if small else None
     for row in results.get("volume", []):
@@ -474,6 +519,10 @@ def check_targets(head: dict, cfg: DictConfig) -> dict:
         "stream_ratio": (head.get("stream_ratio"), t.stream_ratio, ">="),
         "stream_patches_s": (head.get("stream_patches_s"), t.stream_patches_s, ">="),
     }
+    if head.get("device") == "cuda":  # the GPU target: the faster of float32 and bfloat16
+        fast = [head.get(f"gpu_{d}_slices_stride1_s") for d in ("fp32", "bf16")]
+        fast = [v for v in fast if v is not None]
+        checks["gpu_slices_s_stride1"] = (max(fast) if fast else None, t.gpu_slices_s, ">=")
     out = {}
     for name, (value, target, op) in checks.items():
         met = None if value is None else (value <= target if op == "<=" else value >= target)
@@ -511,6 +560,11 @@ def print_tables(results: dict, cfg: DictConfig) -> None:
                    ("efficiency_adjacent", "eff. (adjacent rate)", ".2f"),
                    ("baseline_ms", "patch-by-patch ms", ".0f"),
                    ("speedup_vs_baseline", "speed-up", ".1f")]  # fmt: skip
+        if "gpu_fp32_slices_s" in rows[0]:
+            batch = rows[0]["gpu_batch"]
+            columns += [("gpu_fp32_slices_s", f"GPU slices/s fp32 (x{batch})", ".0f"),
+                        ("gpu_bf16_slices_s", "GPU slices/s bf16", ".0f"),
+                        ("gpu_bf16_pinned_slices_s", "bf16, pinned per batch", ".0f")]  # fmt: skip
         labels = {"rows": "im2col + GEMM ms", "fcn": "conv twin ms"}
         columns += [(f"e_{e}", labels[e], ".1f") for e in rows[0]["engines_ms"] if e in labels]
         print(markdown(rows, columns))
@@ -557,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     sections = set(cfg.sections)
     unknown = sections - {"slice", "volume", "stream", "training", "protocol"}
     if unknown:

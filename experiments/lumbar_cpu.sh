@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The CPU-budget runs on ../shared/data/lumbar-vb behind docs/results/lumbar_cpu (issues 3 and 4).
 #   bash experiments/lumbar_cpu.sh table2|slices|opconvnet|grid|ablation|lesions [OUT]
-# (table2 = penn + slices + opconvnet; lesions = the pixel-wise baselines, three classes, on
+# (table2 = penn + slices + opconvnet; lesions = the five baselines, three classes, on
 # data=lumbar_vb_lesions (issue 7); finished runs are skipped, so the script resumes)
+# EXTRA="key=value ..." appends overrides to every run (e.g. EXTRA="trainer=gpu data.root=DIR").
 # Every method gets the same data, split (seed 42), preprocessing, calibration and metrics; the
 # budgets are cut to fit 2 CPU cores (see docs/results/lumbar_cpu/README.md), not the paper's.
 set -euo pipefail
 what=${1:?table2, slices, opconvnet, grid, ablation or lesions}
 out=${2:-outputs/lumbar_cpu}
 py=${PYTHON:-.venv/bin/python}
+read -ra extra <<< "${EXTRA:-}"
 common=(data=lumbar_vb data.patches.stride=16 inference.stride=8 trainer.enable_progress_bar=false
         # the read-out and calibration these tables were measured with (defaults until 2026-11-26)
         inference.aggregate=mean inference.calibration.high=0.95 'inference.calibration.min_sizes=[]')
@@ -19,8 +21,9 @@ sweep_budget=(model.pretrain.epochs=1 model.finetune.epochs=3 data.loader.max_ev
 slice_budget=(model.slices.crop=128 model.finetune.epochs=8 trainer.limit_train_batches=20
               trainer.check_val_every_n_epoch=4)
 run() { local name=$1; shift; [[ -f "$out/$name/metrics.json" ]] && return 0  # done already
-        rm -rf "${out:?}/$name"; /usr/bin/time -f "$name %e s" -a -o "$out/times.txt" \
-        "$py" -m penn.run "${common[@]}" "$@" hydra.run.dir="$out/$name"; }
+        rm -rf "${out:?}/$name"; local start=$SECONDS
+        "$py" -m penn.run "${common[@]}" "$@" "${extra[@]}" hydra.run.dir="$out/$name"
+        echo "$name $((SECONDS - start)) s${EXTRA:+ ($EXTRA)}" >> "$out/times.txt"; }
 mkdir -p "$out"
 slices() {
     run unet model=unet model.net.base_channels=16 "${slice_budget[@]}"
@@ -45,7 +48,10 @@ case $what in
     run unet_lesions model=unet model.net.base_channels=16 "${slice_budget[@]}"
     run dtvnet_lesions model=dtvnet model.net.base_channels=16 model.net.aux_channels=8 \
         "${slice_budget[@]}"
+    run opconvnet_lesions model=opconvnet model.finetune.epochs=2 inference.stride=16
     run multiresunet_lesions model=multiresunet model.net.base_channels=16 "${slice_budget[@]}"
+    run sau_net_lesions model=sau_net model.net.stem_channels=16 model.net.growth=8 \
+        model.net.decoder_channels=32 model.net.feature_channels=16 "${slice_budget[@]}"
     ;;
   ablation)
     /usr/bin/time -f "ablation %e s" -a -o "$out/times.txt" "$py" -m penn.run \

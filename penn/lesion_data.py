@@ -222,6 +222,11 @@ class LesionDataModule(_LesionMixin, PatchDataModule):
         return sampler
 
     def _loader(self, name: str) -> DataLoader:
+        if name == "train" and self.loader_cfg.get("on_device"):
+            raise ValueError(
+                f"data.loader.on_device=true is not available for {self.name}: its training "
+                "scans get new lesions every epoch (set data.loader.on_device=false)"
+            )
         loader = super()._loader(name)
         if name != "train" or loader.num_workers == 0:
             return loader

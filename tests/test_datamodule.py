@@ -154,3 +154,53 @@ def test_flip_augmentation_mirrors_patches_and_keeps_their_values():
     match = (variants == y[None]).flatten(2).all(-1)  # (4, N): which mirror each patch is
     assert match.any(0).all()  # every output is a mirror of its own patch
     assert (match.float().mean(1) > 0.15).all()  # all four mirrors occur (256 patches)
+
+
+def test_device_loader_gives_the_host_loaders_batches(cfg_tiny):
+    """data.loader.on_device: same patches, classes, order and length as the host loader."""
+    from penn.datamodule import DevicePatchLoader, PatchLoader
+
+    def loader(on_device):
+        cfg = cfg_tiny.copy()
+        cfg.data.loader.on_device = on_device
+        cfg.data.augment = None  # compare the patches themselves
+        module = instantiate(cfg.data)
+        module.prepare_data()
+        module.setup("fit")
+        return module.train_dataloader()
+
+    host, device = loader(False), loader(True)
+    assert isinstance(host, PatchLoader) and isinstance(device, DevicePatchLoader)
+    assert len(device) == len(host) > 1
+    for epoch in (0, 3):  # Lightning sets the epoch through .sampler, as for the host loader
+        host.sampler.set_epoch(epoch)
+        device.sampler.set_epoch(epoch)
+        batches = list(zip(host, device, strict=True))
+        assert len(batches) == len(host)
+        for (xh, yh), (xd, yd) in batches:
+            assert xd.shape == xh.shape and xd.dtype == torch.float32
+            assert torch.equal(xd, xh) and torch.equal(yd, yh)
+
+
+def test_device_loader_augments_reproducibly_per_seed_and_epoch(cfg_tiny):
+    from penn.datamodule import DevicePatchLoader
+
+    cfg = cfg_tiny.copy()
+    cfg.data.loader.on_device = True
+    module = instantiate(cfg.data)
+    module.prepare_data()
+    module.setup("fit")
+    loader = module.train_dataloader()
+    plain = DevicePatchLoader(loader.dataset, loader.sampler, 32, "cpu", seed=0)
+    plain.dataset = type(loader.dataset)(*[getattr(loader.dataset, k) for k in (
+        "slices", "index", "targets", "patch_size")], None)  # fmt: skip
+
+    def first(ld, epoch):
+        ld.sampler.set_epoch(epoch)
+        return next(iter(ld))[0]
+
+    a, b, c = first(loader, 1), first(loader, 1), first(loader, 2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert 0.0 <= a.min() and a.max() <= 1.0
+    clean = first(plain, 1)  # the same patches without augmentation
+    assert not torch.equal(a, clean) and (a - clean).abs().mean() < 0.1

@@ -114,6 +114,9 @@ def test_unfolded_patches_match_the_fully_convolutional_twin():
         chosen = patch_logits(net, 3, batch_patches=7)(x)
     assert fcn.shape == unfolded.shape == (2, 2, 5, 4)
     torch.testing.assert_close(unfolded, fcn, atol=1e-5, rtol=0)
+    with torch.no_grad():  # the first layer over stacked shifted rows: the same function
+        stacked = to_fully_convolutional(net, 3, stacked_rows=True)(x)
+    torch.testing.assert_close(stacked, fcn, atol=1e-5, rtol=0)
     torch.testing.assert_close(chosen, fcn, atol=0, rtol=0)
 
 
@@ -172,7 +175,7 @@ def test_postprocess_keeps_largest_component_and_drops_small_ones():
     assert out.sum() == 16 and (out == 2).sum() == 0
 
 
-@pytest.mark.parametrize("engine", ["rows", "rows_conv", "fcn", "unfold"])
+@pytest.mark.parametrize("engine", ["rows", "rows_conv", "fcn", "fcn_stacked", "unfold"])
 @pytest.mark.parametrize("stride", [1, 3])
 def test_every_engine_equals_patch_by_patch_across_bands_and_threads(engine, stride):
     torch.manual_seed(0)

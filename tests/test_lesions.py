@@ -277,3 +277,10 @@ def test_pixelwise_baselines_get_the_lesion_slice_twin(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(masks, new, strict=True))
     image, mask = next(iter(loader))
     assert image.shape[0] == mask.shape[0] and int(mask.max()) <= 2
+
+
+def test_device_loader_is_refused_while_training_scans_change(lesion_dm):
+    lesion_dm.loader_cfg = dict(lesion_dm.loader_cfg, on_device=True)
+    with pytest.raises(ValueError, match="new lesions every epoch"):
+        lesion_dm.train_dataloader()
+    assert lesion_dm.val_dataloader() is not None  # evaluation loaders are unaffected

@@ -56,6 +56,24 @@ def test_run_writes_every_metric_checkpoints_and_model(trained):
     assert list((run_dir / "overlays").glob("*.png"))
     csv = (run_dir / "csv" / "metrics.csv").read_text()
     assert "pretrain/stage1/loss" in csv and "val/patch/f1" in csv and "test/pixel/dice" in csv
+    assert "time/finetune/epoch_s" in csv and "time/pretrain_stage2/samples_s" in csv
+
+
+def test_epoch_times_are_logged_and_project_the_protocol(trained):
+    """penn.timing.EpochTimer's lines in run.log, read by experiments/protocol_time.py."""
+    import runpy
+
+    run_dir, _ = trained
+    log = (run_dir / "run.log").read_text()
+    # TINY: 5 training batches of 32 per epoch, one epoch per phase
+    assert "finetune epoch 1: " in log and ", 160 samples, " in log
+    project = runpy.run_path(str(ROOT / "experiments" / "protocol_time.py"))["project"]
+    result = project(run_dir, 500, wall_s=100.0)
+    assert result["pretrain_epochs_run"] == {"pretrain_stage1": 1, "pretrain_stage2": 1}
+    assert result["pretrain_patches_per_epoch"] == {"pretrain_stage1": 160, "pretrain_stage2": 160}
+    fits = sum(result["pretrain_epoch_s"].values())  # one epoch each: the fit times themselves
+    assert result["everything_else_s"] == pytest.approx(100.0 - fits)
+    assert result["projected_min"] == pytest.approx((100.0 - fits + 500 * fits) / 60)
 
 
 def test_evaluate_reproduces_the_runs_test_metrics(trained, tmp_path):
