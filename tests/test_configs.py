@@ -91,6 +91,7 @@ def test_paper_experiment_is_the_papers_protocol(tmp_path):
     assert cfg.trainer.accelerator == "gpu"
     assert (cfg.model.n_layers, cfg.model.n_nodes, cfg.model.pretrain.epochs) == (3, 200, 500)
     assert (cfg.data.loader.batch_size, cfg.data.balance_ratio) == (64, 0.6)
+    assert cfg.data.loader.on_device  # batches cut on the GPU (README, Performance)
     assert (cfg.data.patches.size, cfg.data.patches.threshold) == (32, 0.6)
     assert cfg.model.sae.lambda_l2 > 0 and cfg.model.sae.beta > 0
 
@@ -175,3 +176,17 @@ def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_
         out = net.eval()(torch.rand(1, channels, 40, 36))
         out = out[0] if isinstance(out, tuple) else out
         assert out.shape == (1, 1, 40, 36)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "epochs"),
+    [
+        ([], 8),  # the phantom
+        (["data=lumbar_vb"], 15),  # conf/tuning/lumbar_vb_penn.yaml
+        (["data=lumbar_vb", "model.finetune.epochs=5"], 5),  # the command line wins
+        (["data=lumbar_vb_lesions"], 8),  # no tuning file for it
+        (["data=lumbar_vb", "model=unet"], 20),  # other models keep their own
+    ],
+)
+def test_per_dataset_tuning_sets_penns_finetuning_epochs(overrides, epochs, tmp_path):
+    assert compose_train(overrides, tmp_path).model.finetune.epochs == epochs
