@@ -9,7 +9,8 @@ Other patch classifiers (e.g. OP-convNet) classify the same grid of patches, unf
 Speed (docs/results/bench.json, ``make bench``): on a CPU the network runs as plain matrix
 products over bands of patch rows, one band per thread and one intra-op thread each, so almost all
 of the time is spent in GEMMs at the machine's matrix-product rate; on a GPU it runs as the
-convolutional twin (channels-last, optional autocast). Pixel probabilities come from cumulative
+convolutional twin (channels-last, the first layer over n stacked rows, 1.4-1.8x faster than the
+one-channel convolution on an H200; optional autocast). Pixel probabilities come from cumulative
 sums of the patch grid (a summed-area table), not from a transposed convolution.
 """
 
@@ -49,10 +50,11 @@ class StackedRowsConv(nn.Module):
     """The one-channel n x n first convolution, computed as a 1 x n convolution over n channels.
 
     Channel dy holds the slice moved up by dy rows (one ``unfold`` over the rows at the stride),
-    so the kernel's rows become input channels: the same products, summed in another order. cuDNN
-    runs a one-channel input on its plain (CUDA-core) kernels; with n channels, a multiple of 8, it
-    can use the tensor cores. The stacked input is n times the slice (32 MB for a 512 x 512
-    float32 slice at stride 1).
+    so the kernel's rows become input channels: the same products, summed in another order. On an
+    H200 it ran 1.4-1.8x faster than the one-channel convolution at stride 1 (docs/results/gpu),
+    probably because cuDNN's tensor-core kernels want channel counts in multiples of 8 (not
+    profiled). The stacked input is n times the slice (32 MB for a 512 x 512 float32 slice at
+    stride 1).
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -382,9 +384,11 @@ def segment_slices(
         device: where to run.
         batch_patches: patches per forward pass for classifiers without a convolutional twin.
         engine: ``auto`` (a :class:`StackedSparseAutoencoder` runs band by band on the CPU
-            (``rows_conv``), as its convolutional twin on a GPU (``fcn``); other classifiers as
-            unfolded patches), or one of ``rows`` (first layer as im2col + GEMM), ``rows_conv``
-            (first layer as a convolution per band), ``fcn``, ``unfold`` to force one.
+            (``rows_conv``), as its convolutional twin with the first layer over stacked rows
+            on a GPU (``fcn_stacked``); other classifiers as unfolded patches), or one of
+            ``rows`` (first layer as im2col + GEMM), ``rows_conv`` (first layer as a convolution
+            per band), ``fcn`` (the twin with a one-channel n x n first layer),
+            ``fcn_stacked``, ``unfold`` to force one.
         chunk_positions: patches per band of the ``rows`` engine (a band's activations should
             fit in a core's cache).
         threads: threads of the ``rows`` engine (default: ``torch.get_num_threads()``).
@@ -400,7 +404,7 @@ def segment_slices(
             the centre read-out: a mean of the nearby patches weighted by the distance of their
             centres (0: none; as sigma grows it approaches a smooth version of ``mean``).
         pin_memory: on a GPU, copy each batch through page-locked memory (allocated per batch;
-            3 to 8 % more slices/s than without on an H200, docs/results/gpu).
+            0 to 8 % more slices/s than without on an H200, docs/results/gpu).
 
     Returns:
         (pixel probabilities (S, K, H, W), patch probabilities (S, K, ny, nx)) as float32, where
