@@ -13,25 +13,14 @@ figures with it.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from skimage import measure
+from trained_run import load_run, pixel_dice
 
-from penn.checkpoint import load_model
 from penn.evaluation import class_map, predict_volumes
 from penn.inference import decide, postprocess
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def dice(mask: np.ndarray, truth: np.ndarray) -> float:
-    tp, fp, fn = (mask & truth).sum(), (mask & ~truth).sum(), (~mask & truth).sum()
-    return float("nan") if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
 def veto(mask: np.ndarray, body: np.ndarray) -> np.ndarray:
@@ -45,16 +34,7 @@ def veto(mask: np.ndarray, body: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a penn.run output folder holding model.pt")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides that rebuild its data")
-    args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=args.overrides)
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    net, meta = load_model(args.run / "model.pt")
+    _, dm, net, meta = load_run(__doc__.splitlines()[0], argv)
     inference = meta["inference"]
     for split in ("val", "test"):
         part = dm.splits[split]
@@ -64,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             truth = class_map(labels, dm.classes).astype(bool)
             mask = postprocess(decide(p.probs, inference["threshold"]), **inference["postprocess"])
             mask = mask.astype(bool)
-            plain.append(dice(mask, truth))
-            vetoed.append(dice(veto(mask, labels >= 1), truth))
+            plain.append(pixel_dice(mask, truth))
+            vetoed.append(pixel_dice(veto(mask, labels >= 1), truth))
         print(f"{split}: pixel Dice {100 * np.nanmean(plain):.1f} %, with the body veto "
               f"{100 * np.nanmean(vetoed):.1f} % (per volume: "
               f"{', '.join(f'{100 * v:.0f}' for v in vetoed)})")  # fmt: skip

@@ -11,33 +11,19 @@ report. The data overrides must rebuild the run's split (its `data.*` overrides 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
+from trained_run import load_run
 
-from penn.checkpoint import load_model
 from penn.evaluation import calibrate, class_map, predict_volumes, score
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 READOUTS = (("mean", 0.0), ("center", 0.0), ("center", 2.0), ("center", 4.0), ("center", 8.0))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a penn.run output folder holding model.pt")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides that rebuild its data")
-    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=args.overrides)
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    net, meta = load_model(args.run / "model.pt")
+    _, dm, net, meta = load_run(__doc__.splitlines()[0], argv)
     print("| read-out | threshold | val Dice | val pooled | test Dice | test pooled |")
     print("|---|---|---|---|---|---|", flush=True)
     for aggregate, sigma in READOUTS:

@@ -11,20 +11,15 @@ their test Dice (mean per volume and pooled), and the best plain threshold for c
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from skimage import measure
 from skimage.filters import apply_hysteresis_threshold
+from trained_run import load_run, pixel_dice
 
-from penn.checkpoint import load_model
 from penn.evaluation import class_map, predict_volumes
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 LOWS = np.round(np.arange(0.30, 0.995, 0.03), 3)
 HIGHS = (0.0, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 MIN_SIZES = (0, 250, 1000)
@@ -41,28 +36,18 @@ def segment(probs: np.ndarray, low: float, high: float, min_size: int) -> np.nda
 
 
 def dice(probs: list, truths: list, setting: tuple) -> tuple[float, float]:
-    """(mean per volume, pooled); a volume with no target and no prediction scores 1."""
+    """(mean per volume, as penn.metrics takes it; pooled) of one setting."""
     per, tp_fp_fn = [], np.zeros(3)
     for p, t in zip(probs, truths, strict=True):
         m = segment(p, *setting)
-        counts = np.array([(m & t).sum(), (m & ~t).sum(), (~m & t).sum()])
-        tp_fp_fn += counts
-        per.append(1.0 if not counts.any() else 2 * counts[0] / (2 * counts[0] + counts[1:].sum()))
+        tp_fp_fn += [(m & t).sum(), (m & ~t).sum(), (~m & t).sum()]
+        per.append(pixel_dice(m, t))
     tp, fp, fn = tp_fp_fn
-    return float(np.mean(per)), float(2 * tp / (2 * tp + fp + fn))
+    return float(np.nanmean(per)), float(2 * tp / (2 * tp + fp + fn))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a penn.run output folder holding model.pt")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides that rebuild its data")
-    args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=args.overrides)
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    net, meta = load_model(args.run / "model.pt")
+    _, dm, net, meta = load_run(__doc__.splitlines()[0], argv)
     probs, truths = {}, {}
     for split in ("val", "test"):
         part = dm.splits[split]
