@@ -8,12 +8,28 @@ from penn.io import DataError
 from penn.patches import gather_patches
 
 
-@pytest.fixture
-def dm(cfg_tiny):
-    module = instantiate(cfg_tiny.data)
+def set_up(data_cfg):
+    """The DataModule of a ``data`` config, prepared and set up for fitting."""
+    module = instantiate(data_cfg)
     module.prepare_data()
     module.setup("fit")
     return module
+
+
+def train_loader(cfg, **data):
+    """The training loader of ``cfg`` with top-level ``data`` keys or ``loader_<key>`` replaced."""
+    cfg = cfg.copy()
+    for key, value in data.items():
+        if key.startswith("loader_"):
+            cfg.data.loader[key.removeprefix("loader_")] = value
+        else:
+            cfg.data[key] = value
+    return set_up(cfg.data).train_dataloader()
+
+
+@pytest.fixture
+def dm(cfg_tiny):
+    return set_up(cfg_tiny.data)
 
 
 def test_split_is_by_volume_disjoint_and_seeded():
@@ -84,13 +100,9 @@ def test_batches_are_gathered_from_the_preprocessed_slices(dm):
 
 def test_train_loader_is_deterministic_for_a_seed_with_workers(cfg_tiny):
     def first_batches(num_workers):
-        cfg = cfg_tiny.copy()
-        cfg.data.loader.num_workers = num_workers
-        module = instantiate(cfg.data)
-        module.prepare_data()
-        module.setup("fit")
+        loader = train_loader(cfg_tiny, loader_num_workers=num_workers)
         torch.manual_seed(0)
-        it = iter(module.train_dataloader())
+        it = iter(loader)
         return [next(it) for _ in range(2)]
 
     a, b = first_batches(2), first_batches(2)
@@ -160,16 +172,9 @@ def test_device_loader_gives_the_host_loaders_batches(cfg_tiny):
     """data.loader.on_device: same patches, classes, order and length as the host loader."""
     from penn.datamodule import DevicePatchLoader, PatchLoader
 
-    def loader(on_device):
-        cfg = cfg_tiny.copy()
-        cfg.data.loader.on_device = on_device
-        cfg.data.augment = None  # compare the patches themselves
-        module = instantiate(cfg.data)
-        module.prepare_data()
-        module.setup("fit")
-        return module.train_dataloader()
-
-    host, device = loader(False), loader(True)
+    # augmentation off: compare the patches themselves
+    host = train_loader(cfg_tiny, loader_on_device=False, augment=None)
+    device = train_loader(cfg_tiny, loader_on_device=True, augment=None)
     assert isinstance(host, PatchLoader) and isinstance(device, DevicePatchLoader)
     assert len(device) == len(host) > 1
     for epoch in (0, 3):  # Lightning sets the epoch through .sampler, as for the host loader
@@ -183,17 +188,12 @@ def test_device_loader_gives_the_host_loaders_batches(cfg_tiny):
 
 
 def test_device_loader_augments_reproducibly_per_seed_and_epoch(cfg_tiny):
-    from penn.datamodule import DevicePatchLoader
+    from penn.datamodule import DevicePatchLoader, PatchDataset
 
-    cfg = cfg_tiny.copy()
-    cfg.data.loader.on_device = True
-    module = instantiate(cfg.data)
-    module.prepare_data()
-    module.setup("fit")
-    loader = module.train_dataloader()
-    plain = DevicePatchLoader(loader.dataset, loader.sampler, 32, "cpu", seed=0)
-    plain.dataset = type(loader.dataset)(*[getattr(loader.dataset, k) for k in (
-        "slices", "index", "targets", "patch_size")], None)  # fmt: skip
+    loader = train_loader(cfg_tiny, loader_on_device=True)
+    ds = loader.dataset
+    unaugmented = PatchDataset(ds.slices, ds.index, ds.targets, ds.patch_size, augment=None)
+    plain = DevicePatchLoader(unaugmented, loader.sampler, loader.batch_size, "cpu", seed=0)
 
     def first(ld, epoch):
         ld.sampler.set_epoch(epoch)
