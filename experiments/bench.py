@@ -189,29 +189,45 @@ def bench_slices(cfg: DictConfig, device: torch.device, rate: float) -> list[dic
 
 
 def gpu_throughput(net, cfg: DictConfig, device: torch.device, stride: int) -> dict:
-    """Slices per second on a GPU: ``slice.gpu_batch`` slices per call, host array in and out.
+    """Slices per second on a GPU, host array in and out, timed end to end (upload, network,
+    read-out, download into numpy).
 
-    Timed end to end (upload, network, read-out, download into numpy) in float32 (convolutions
-    in TF32 where cuDNN allows it, PyTorch's default) and under bfloat16 autocast, with pageable
-    batches, and once more in bfloat16 with each batch copied through page-locked memory.
+    ``slice.gpu_batch`` slices in one call and one batch: float32 (convolutions in TF32 where
+    cuDNN allows it, PyTorch's default), bfloat16 autocast, and bfloat16 with the batch copied
+    through page-locked memory. Then a scan-like stack of ``slice.gpu_stack`` slices in batches
+    of ``gpu_batch``, pixel maps only (as ``penn.predict`` asks): there each batch's copy back
+    overlaps the next batch's network.
     """
     s = cfg.slice
-    images = np.random.default_rng(cfg.seed).random((s.gpu_batch, *s.shape), dtype=np.float32)
-    out = {"gpu_batch": s.gpu_batch}
+    rng = np.random.default_rng(cfg.seed)
+    images = rng.random((max(s.gpu_batch, s.gpu_stack), *s.shape), dtype=np.float32)
+    out = {"gpu_batch": s.gpu_batch, "gpu_stack": s.gpu_stack}
     # named by what they do, whatever segment_slices' defaults: unpinned, then pinned batches
-    runs = [("fp32", None, False), ("bf16", torch.bfloat16, False)]
-    runs.append(("bf16_pinned", torch.bfloat16, True))  # page-locked copy of each batch
-    for name, dtype, pinned in runs:
+    runs = [("fp32", None, False, s.gpu_batch), ("bf16", torch.bfloat16, False, s.gpu_batch),
+            ("bf16_pinned", torch.bfloat16, True, s.gpu_batch),  # page-locked copy of each batch
+            ("fp32_stack", None, True, s.gpu_stack),
+            ("bf16_stack", torch.bfloat16, True, s.gpu_stack)]  # fmt: skip
+    for name, dtype, pinned, count in runs:
+        stack = name.endswith("_stack")
         seconds = best_time(
-            lambda d=dtype, p=pinned: segment_slices(
-                net, images, stride, s.gpu_batch, device, autocast_dtype=d, pin_memory=p
+            lambda d=dtype, p=pinned, c=count, k=stack: segment_slices(
+                net,
+                images[:c],
+                stride,
+                s.gpu_batch,
+                device,
+                autocast_dtype=d,
+                pin_memory=p,
+                patches=not k,
             ),
             s.repeats,
             device,
         )
-        out[f"gpu_{name}_slices_s"] = s.gpu_batch / seconds
-    log.info("stride %d on the GPU: %.0f slices/s float32, %.0f bfloat16 (batches of %d)", stride,
-             out["gpu_fp32_slices_s"], out["gpu_bf16_slices_s"], s.gpu_batch)  # fmt: skip
+        out[f"gpu_{name}_slices_s"] = count / seconds
+    log.info("stride %d on the GPU: %.0f slices/s float32, %.0f bfloat16 (batches of %d); "
+             "stacks of %d: %.0f float32, %.0f bfloat16", stride, out["gpu_fp32_slices_s"],
+             out["gpu_bf16_slices_s"], s.gpu_batch, s.gpu_stack, out["gpu_fp32_stack_slices_s"],
+             out["gpu_bf16_stack_slices_s"])  # fmt: skip
     return out
 
 
@@ -472,6 +488,10 @@ def bench_protocol(cfg: DictConfig) -> dict:
 # ---------------------------------------------------------------- report
 
 
+GPU_SLICE_RUNS = tuple(f"gpu_{name}_slices_s" for name in
+                       ("fp32", "bf16", "bf16_pinned", "fp32_stack", "bf16_stack"))  # fmt: skip
+
+
 def headline(results: dict, cfg: DictConfig) -> dict:
     """The figures the issue's targets name, with the targets beside them."""
     out: dict = {"device": results["machine"]["device"], "gpu": results["machine"]["gpu"]}
@@ -481,7 +501,7 @@ def headline(results: dict, cfg: DictConfig) -> dict:
         out[f"slice_stride{stride}_s"] = row["ms"] / 1e3
         out[f"efficiency_stride{stride}"] = row["efficiency"]
         out[f"speedup_vs_patch_by_patch_stride{stride}"] = row["speedup_vs_baseline"]
-        for key in ("gpu_fp32_slices_s", "gpu_bf16_slices_s", "gpu_bf16_pinned_slices_s"):
+        for key in GPU_SLICE_RUNS:
             if key in row:
                 out[f"{key[:-2]}_stride{stride}_s"] = row[key]
     small = [row["efficiency"] for s, row in slices.items() if s <= 4]
@@ -521,7 +541,7 @@ def check_targets(head: dict, cfg: DictConfig) -> dict:
         "stream_patches_s": (head.get("stream_patches_s"), t.stream_patches_s, ">="),
     }
     if head.get("device") == "cuda":  # the GPU target: the fastest way measured
-        fast = [head.get(f"gpu_{d}_slices_stride1_s") for d in ("fp32", "bf16", "bf16_pinned")]
+        fast = [head.get(f"{key[:-2]}_stride1_s") for key in GPU_SLICE_RUNS]
         fast = [v for v in fast if v is not None]
         checks["gpu_slices_s_stride1"] = (max(fast) if fast else None, t.gpu_slices_s, ">=")
     out = {}
@@ -565,7 +585,10 @@ def print_tables(results: dict, cfg: DictConfig) -> None:
             batch = rows[0]["gpu_batch"]
             columns += [("gpu_fp32_slices_s", f"GPU slices/s fp32 (x{batch})", ".0f"),
                         ("gpu_bf16_slices_s", "GPU slices/s bf16", ".0f"),
-                        ("gpu_bf16_pinned_slices_s", "bf16, pinned per batch", ".0f")]  # fmt: skip
+                        ("gpu_bf16_pinned_slices_s", "bf16, pinned per batch", ".0f"),
+                        ("gpu_fp32_stack_slices_s", f"fp32, stack of {rows[0]['gpu_stack']}",
+                         ".0f"),
+                        ("gpu_bf16_stack_slices_s", "bf16, stack", ".0f")]  # fmt: skip
         labels = {"rows": "im2col + GEMM ms", "fcn": "conv twin ms"}
         columns += [(f"e_{e}", labels[e], ".1f") for e in rows[0]["engines_ms"] if e in labels]
         print(markdown(rows, columns))

@@ -231,11 +231,20 @@ class DevicePatchLoader:
     :class:`PatchLoader` with the same sampler; the augmentation draws come from a device
     generator seeded with (seed, epoch). Lightning sets the sampler's epoch through
     ``.sampler``.
+
+    With ``steps_per_batch`` K > 1 each yielded batch holds K consecutive batches of
+    ``batch_size`` (fewer in an epoch's last one), for K optimizer steps in one training step
+    (:mod:`penn.lit.step_group`); the patches and their order are the same (the augmentation is
+    drawn per yielded batch, so its random values differ).
     """
 
     def __init__(self, dataset: PatchDataset, sampler: Sampler, batch_size: int,
-                 device: torch.device, seed: int, drop_last: bool = True):  # fmt: skip
+                 device: torch.device, seed: int, drop_last: bool = True,
+                 steps_per_batch: int = 1):  # fmt: skip
+        if steps_per_batch > 1 and not drop_last:
+            raise ValueError("steps_per_batch > 1 needs whole batches (drop_last=True)")
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
+        self.steps_per_batch = int(steps_per_batch)
         self.device, self.seed, self.drop_last = torch.device(device), int(seed), drop_last
         shapes = np.array([s.shape for s in dataset.slices], dtype=np.int64)  # (V, 3)
         base = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))[:-1]])
@@ -249,17 +258,22 @@ class DevicePatchLoader:
         self.targets = torch.from_numpy(dataset.targets.astype(np.int64)).to(self.device)
         self.steps = torch.arange(dataset.patch_size, device=self.device)
 
-    def __len__(self) -> int:
+    def _steps(self) -> int:
         full, rest = divmod(len(self.sampler), self.batch_size)
         return full + (0 if self.drop_last or not rest else 1)
+
+    def __len__(self) -> int:
+        return -(-self._steps() // self.steps_per_batch)
 
     def __iter__(self):
         epoch = getattr(self.sampler, "epoch", 0)
         order = torch.as_tensor(np.fromiter(iter(self.sampler), np.int64), device=self.device)
         generator = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + epoch)
         augment = self.dataset.augment
-        for b in range(len(self)):
-            rows = order[b * self.batch_size : (b + 1) * self.batch_size]
+        rows_per_batch = self.batch_size * self.steps_per_batch
+        end = min(len(order), self._steps() * self.batch_size)
+        for start in range(0, end, rows_per_batch):
+            rows = order[start : min(start + rows_per_batch, end)]
             width = self.width[rows, None, None]
             offsets = self.steps[:, None] * width + self.steps[None, :]  # (B, n, n)
             x = self.flat[self.corner[rows, None, None] + offsets].unsqueeze(1)
@@ -514,11 +528,17 @@ class PatchDataModule(L.LightningDataModule):
         sampler = self._balanced_sampler(dataset) if train else None
         if train:  # kept for hard-negative mining (penn.mining)
             self.train_dataset, self.train_sampler = dataset, sampler
+        if train and cfg.get("steps_per_batch", 1) > 1 and not cfg.get("on_device"):
+            raise ValueError(
+                f"data.loader.steps_per_batch={cfg['steps_per_batch']} needs "
+                "data.loader.on_device=true (groups of batches are cut on the training device)"
+            )
         if train and cfg.get("on_device"):
             device = self._training_device()
             log.info("training patches cut and augmented on %s", device)
             return DevicePatchLoader(dataset, sampler, cfg["batch_size"], device,
-                                     self.split_cfg["seed"])  # fmt: skip
+                                     self.split_cfg["seed"],
+                                     steps_per_batch=cfg.get("steps_per_batch", 1))  # fmt: skip
         return PatchLoader(
             dataset,
             batch_size=cfg["batch_size"],

@@ -60,8 +60,8 @@ def default_device() -> torch.device:
 
 
 def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict | None = None,
-                    device: torch.device | str | None = None,
-                    progress: bool = True) -> list[Prediction]:  # fmt: skip
+                    device: torch.device | str | None = None, progress: bool = True,
+                    patches: bool = True) -> list[Prediction]:  # fmt: skip
     """Dense probabilities for each volume's (S, H, W) slices.
 
     Args:
@@ -73,6 +73,7 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
             ``context_offset`` (SAU-Net's neighbour offset, 0 otherwise).
         device: where to run (default: CUDA when there is a GPU, else CPU).
         progress: a progress bar over each volume's slices.
+        patches: keep the patch-grid probabilities (False: ``patch_probs`` is None).
     """
     model = model or {}
     device = device or default_device()
@@ -99,6 +100,7 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
                 progress=progress,
                 aggregate=inference.get("aggregate", "mean"),  # files saved before it: mean
                 center_sigma=inference.get("center_sigma", 0.0),
+                patches=patches,
             )
         )
         for s in slices

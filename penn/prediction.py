@@ -182,7 +182,8 @@ def segment_volume(net, volume: Volume, data: dict, inference: dict, device,
     """
     plane = data["plane"]
     slices = preprocess_volume(volume.image, plane, **data["preprocess"])
-    probs = predict_volumes(net, [slices], inference, model, device, progress=False)[0].probs
+    probs = predict_volumes(net, [slices], inference, model, device, progress=False,
+                            patches=False)[0].probs  # fmt: skip
     labels = postprocess(decide(probs, inference["threshold"]), **inference["postprocess"])
     per_class = probs[:, 0] if probs.shape[1] == 1 else np.moveaxis(probs, 1, -1)
     return slices, from_slices(labels, plane), from_slices(per_class, plane).astype(np.float32)

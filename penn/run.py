@@ -74,7 +74,11 @@ def pretrain(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | No
         return
     for stage in range(first_stage, len(net.stages)):
         module = PretrainModule(
-            net, stage, optimizer=instantiate(cfg.model.pretrain.optimizer), **cfg.model.sae
+            net,
+            stage,
+            optimizer=instantiate(cfg.model.pretrain.optimizer),
+            **cfg.model.sae,
+            **step_group(cfg),
         )
         trainer = make_trainer(
             cfg, f"pretrain_stage{stage + 1}", cfg.model.pretrain.epochs, loggers
@@ -82,12 +86,23 @@ def pretrain(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | No
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt if stage == first_stage else None)
 
 
+def step_group(cfg: DictConfig) -> dict[str, int]:
+    """Optimizer steps per training batch (``data.loader.steps_per_batch``) and their size."""
+    steps = int(cfg.data.loader.get("steps_per_batch", 1))
+    if steps > 1 and model_info(cfg)["level"] != "patch":
+        raise ValueError(
+            f"data.loader.steps_per_batch={steps} applies to patch classifiers (PENN, "
+            f"OP-convNet); {cfg.model.name} trains on whole slices: set it to 1"
+        )
+    return {"steps_per_batch": steps, "micro_batch": int(cfg.data.loader.batch_size)}
+
+
 def supervised_module(cfg: DictConfig, net, n_classes: int):
     """Fine-tuning on patches, or slice segmentation (BCE/CE + soft Dice) for pixel-wise nets."""
     train = cfg.model.finetune
     optimizer = instantiate(train.optimizer)
     if model_info(cfg)["level"] == "patch":
-        return FinetuneModule(net, n_classes, optimizer=optimizer)
+        return FinetuneModule(net, n_classes, optimizer=optimizer, **step_group(cfg))
     return SegmentationModule(
         net,
         n_classes,

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from penn.datamodule import PatchDataModule
 from penn.models.sparse_ae import StackedSparseAutoencoder
+from penn.run import step_group
 
 from .conftest import CONF
 
@@ -92,8 +93,17 @@ def test_paper_experiment_is_the_papers_protocol(tmp_path):
     assert (cfg.model.n_layers, cfg.model.n_nodes, cfg.model.pretrain.epochs) == (3, 200, 500)
     assert (cfg.data.loader.batch_size, cfg.data.balance_ratio) == (64, 0.6)
     assert cfg.data.loader.on_device  # batches cut on the GPU (README, Performance)
+    # 32 steps of 64 per training step, one CUDA graph on a GPU
+    assert step_group(cfg) == {"steps_per_batch": 32, "micro_batch": 64}
     assert (cfg.data.patches.size, cfg.data.patches.threshold) == (32, 0.6)
     assert cfg.model.sae.lambda_l2 > 0 and cfg.model.sae.beta > 0
+
+
+def test_step_groups_are_for_patch_classifiers_only(tmp_path):
+    assert step_group(compose_train([], tmp_path)) == {"steps_per_batch": 1, "micro_batch": 64}
+    cfg = compose_train(["model=unet", "data.loader.steps_per_batch=4"], tmp_path)
+    with pytest.raises(ValueError, match="steps_per_batch=4 applies to patch classifiers"):
+        step_group(cfg)
 
 
 def test_optuna_search_maximises_the_value_train_returns(tmp_path):

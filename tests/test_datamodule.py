@@ -187,6 +187,22 @@ def test_device_loader_gives_the_host_loaders_batches(cfg_tiny):
             assert torch.equal(xd, xh) and torch.equal(yd, yh)
 
 
+def test_device_loader_groups_consecutive_batches(cfg_tiny):
+    """data.loader.steps_per_batch=3: each batch is three of the plain batches, end to end."""
+    plain = train_loader(cfg_tiny, loader_on_device=True, augment=None)
+    grouped = train_loader(cfg_tiny, loader_on_device=True, loader_steps_per_batch=3,
+                           augment=None)  # fmt: skip
+    batches, groups = list(plain), list(grouped)
+    assert len(batches) % 3 != 0  # the last group is shorter
+    assert len(groups) == len(grouped) == -(-len(batches) // 3)
+    for i, (x, y) in enumerate(groups):
+        part = batches[3 * i : 3 * i + 3]
+        assert torch.equal(x, torch.cat([b[0] for b in part]))
+        assert torch.equal(y, torch.cat([b[1] for b in part]))
+    with pytest.raises(ValueError, match="steps_per_batch=3 needs data.loader.on_device=true"):
+        train_loader(cfg_tiny, loader_on_device=False, loader_steps_per_batch=3)
+
+
 def test_device_loader_augments_reproducibly_per_seed_and_epoch(cfg_tiny):
     from penn.datamodule import DevicePatchLoader, PatchDataset
 

@@ -94,6 +94,35 @@ def test_centre_readout_is_the_centred_patch_interpolated_between_grid_points(st
     np.testing.assert_allclose(smooth, expected, atol=1e-5)
 
 
+def test_pixel_maps_alone_skip_the_patch_grid():
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=1).eval()
+    slices = np.random.default_rng(1).random((5, 20, 16)).astype(np.float32)
+    both, grid = segment_slices(net, slices, 2, batch_slices=2, aggregate="center")
+    alone, none = segment_slices(net, slices, 2, batch_slices=2, aggregate="center",
+                                 patches=False)  # fmt: skip
+    assert none is None and grid.shape[:2] == (5, 1)
+    np.testing.assert_array_equal(alone, both)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("patches", [True, False])
+def test_gpu_copies_overlapping_the_next_batch_give_the_cpu_maps(patches):
+    """On a GPU, batches copied back while the next one runs (uneven last batch): CPU output."""
+    torch.manual_seed(0)
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=1).eval()
+    for p in net.parameters():
+        p.data *= 3
+    slices = np.random.default_rng(2).random((7, 30, 26)).astype(np.float32)
+    for aggregate in ("mean", "center"):
+        cpu = segment_slices(net, slices, 2, 2, "cpu", aggregate=aggregate, patches=patches)
+        gpu = segment_slices(net, slices, 2, 2, "cuda", aggregate=aggregate, patches=patches)
+        for c, g in zip(cpu, gpu, strict=True):
+            if c is None:
+                assert g is None
+            else:
+                np.testing.assert_allclose(g, c, atol=2e-3)  # TF32 convolutions
+
+
 def test_centre_readout_rejects_a_stride_that_misses_the_centres():
     net = StackedSparseAutoencoder(patch_size=8, n_layers=1, n_nodes=3, n_outputs=1).eval()
     with pytest.raises(ValueError, match="divides 4"):

@@ -153,3 +153,17 @@ def test_missing_data_folder_stops_with_its_name(tmp_path):
     )
     assert proc.returncode != 0
     assert "absent: data folder not found" in proc.stderr
+
+
+def test_grouped_steps_run_end_to_end_and_count_every_step(tmp_path):
+    """data.loader.steps_per_batch=2 on the CPU: two optimizer steps per loader batch, each
+    counted in the checkpoints' global_step (limit_train_batches counts loader batches)."""
+    import torch
+
+    penn("penn.run", *TINY, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path}",
+         "data.loader.on_device=true", "data.loader.steps_per_batch=2",
+         "model.pretrain.epochs=2", "model.finetune.epochs=2")  # fmt: skip
+    for phase in ("pretrain_stage1", "pretrain_stage2", "finetune"):
+        ckpt = torch.load(tmp_path / "checkpoints" / phase / "last.ckpt", weights_only=False)
+        assert ckpt["global_step"] == 2 * 5 * 2, phase  # epochs x batches x steps per batch
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/pixel/dice"] >= 0.0

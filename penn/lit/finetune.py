@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from typing_extensions import override
 
+from penn.lit.step_group import GroupedStepsMixin
 from penn.metrics import patch_metric_collection
 
 __all__ = ["SupervisedModule", "FinetuneModule", "class_probabilities"]
@@ -44,12 +45,15 @@ class SupervisedModule(L.LightningModule):
         raise NotImplementedError
 
     def _shared_step(self, batch, stage: str) -> torch.Tensor:
-        loss, probs, targets = self._outputs(batch)
+        return self._record(*self._outputs(batch), stage)
+
+    def _record(self, loss, probs, targets, stage: str) -> torch.Tensor:
+        """Updates and logs the stage's metrics and loss of a batch; returns the loss."""
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, targets)
         on_step = stage == "train"
         self.log(f"{stage}/{self.level}/loss", loss, prog_bar=True, on_step=on_step,
-                 on_epoch=True, sync_dist=not on_step)  # fmt: skip
+                 on_epoch=True, sync_dist=not on_step, batch_size=len(targets))  # fmt: skip
         self.log_dict(metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -70,19 +74,24 @@ class SupervisedModule(L.LightningModule):
         return self.optimizer(self.net.parameters())
 
 
-class FinetuneModule(SupervisedModule):
+class FinetuneModule(GroupedStepsMixin, SupervisedModule):
     """Trains the whole network on labelled patches (PAPER.md step 7).
 
     Args:
         net: a patch classifier (``forward`` maps (B, 1, n, n) to logits (B, n_outputs)).
         n_classes: patch classes including background (2 for a binary target).
         optimizer: partial optimizer taking the parameters (SGD with momentum, Adam, LBFGS, ...).
+        steps_per_batch: optimizer steps per training batch, one per ``micro_batch`` patches
+            (``data.loader.steps_per_batch``; see :mod:`penn.lit.step_group`).
+        micro_batch: patches per optimizer step (``data.loader.batch_size``).
     """
 
     def __init__(self, net: torch.nn.Module, n_classes: int,
-                 optimizer: Callable[..., torch.optim.Optimizer]):  # fmt: skip
+                 optimizer: Callable[..., torch.optim.Optimizer], steps_per_batch: int = 1,
+                 micro_batch: int | None = None):  # fmt: skip
         super().__init__(net, n_classes, optimizer, level="patch")
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "steps_per_batch", "micro_batch"])
+        self._init_step_group(steps_per_batch, micro_batch)
         for param in net.parameters():
             param.requires_grad_(True)
 
@@ -90,12 +99,31 @@ class FinetuneModule(SupervisedModule):
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         return self.net(patches)
 
-    @override
-    def _outputs(self, batch):
-        patches, targets = batch
+    def _loss(self, patches: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss and class probabilities of a batch (BCE on one logit, else cross-entropy)."""
         logits = self(patches)
         if logits.shape[1] == 1:
             loss = F.binary_cross_entropy_with_logits(logits[:, 0], targets.float())
         else:
             loss = F.cross_entropy(logits, targets)
-        return loss, class_probabilities(logits.detach()), targets
+        return {"loss": loss, "probs": class_probabilities(logits.detach())}
+
+    @override
+    def _outputs(self, batch):
+        patches, targets = batch
+        out = self._loss(patches, targets)
+        return out["loss"], out["probs"], targets
+
+    @override
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if not self.grouped:
+            return super().training_step(batch, batch_idx)
+        patches, targets = batch
+        out = self._run_group(patches, targets, self._loss)
+        probs = out["probs"].flatten(0, 1)  # (steps, B[, C]) -> (steps * B[, C]), batch order
+        self._record(out["loss"].mean(), probs, targets, "train")
+        return None
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self._make_optimizer(self.optimizer, self.net.parameters())
