@@ -412,9 +412,9 @@ def segment_slices(
             full-size map less to copy back at stride 1).
 
     Returns:
-        (pixel probabilities (S, K, H, W), patch probabilities (S, K, ny, nx) or None) as float32,
-        where
-        K = 1 (probability of the positive class) for a binary network, else the class count;
+        (pixel probabilities (S, K, H, W), patch probabilities (S, K, ny, nx) or None) as
+        float32, where K = 1 (probability of the positive class) for a binary network, else the
+        class count;
         the patch grid starts at (0, 0) and row/col i is the patch with corner i * stride.
     """
     n = net.patch_size
