@@ -19,6 +19,15 @@ from penn.models.sparse_ae import StackedSparseAutoencoder
 from penn.patches import grid_starts
 
 
+def spread_net(n_outputs: int = 1, n_layers: int = 2) -> StackedSparseAutoencoder:
+    """A seeded 8 x 8 PENN in eval mode, weights x 3 so that probabilities are not all 0.5."""
+    torch.manual_seed(0)
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=n_layers, n_nodes=6, n_outputs=n_outputs)
+    for p in net.parameters():
+        p.data *= 3
+    return net.eval()
+
+
 def patch_by_patch(net, slices, stride):
     """Reference: pad like segment_slices, classify each patch alone, average per pixel."""
     n = net.patch_size
@@ -43,10 +52,7 @@ def patch_by_patch(net, slices, stride):
 
 @pytest.mark.parametrize("stride,n_outputs", [(1, 1), (3, 1), (4, 3)])
 def test_dense_output_equals_patch_by_patch(stride, n_outputs):
-    torch.manual_seed(0)
-    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=n_outputs).eval()
-    for p in net.parameters():  # spread the logits so that probabilities are not all 0.5
-        p.data *= 3
+    net = spread_net(n_outputs=n_outputs)
     slices = np.random.default_rng(0).random((3, 21, 18)).astype(np.float32)
     dense, patch_probs = segment_slices(net, slices, stride, batch_slices=2)
     expected = patch_by_patch(net, slices, stride)
@@ -62,10 +68,7 @@ def test_dense_output_equals_patch_by_patch(stride, n_outputs):
 
 @pytest.mark.parametrize("stride", [1, 2, 4])
 def test_centre_readout_is_the_centred_patch_interpolated_between_grid_points(stride):
-    torch.manual_seed(0)
-    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=1).eval()
-    for p in net.parameters():
-        p.data *= 3
+    net = spread_net()
     slices = np.random.default_rng(1).random((2, 19, 22)).astype(np.float32)
     dense, patch_probs = segment_slices(net, slices, stride, batch_slices=1, aggregate="center")
     mean_dense, mean_patch = segment_slices(net, slices, stride, batch_slices=1)
@@ -108,10 +111,7 @@ def test_pixel_maps_alone_skip_the_patch_grid():
 @pytest.mark.parametrize("patches", [True, False])
 def test_gpu_copies_overlapping_the_next_batch_give_the_cpu_maps(patches):
     """On a GPU, batches copied back while the next one runs (uneven last batch): CPU output."""
-    torch.manual_seed(0)
-    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=1).eval()
-    for p in net.parameters():
-        p.data *= 3
+    net = spread_net()
     slices = np.random.default_rng(2).random((7, 30, 26)).astype(np.float32)
     for aggregate in ("mean", "center"):
         cpu = segment_slices(net, slices, 2, 2, "cpu", aggregate=aggregate, patches=patches)
@@ -132,10 +132,7 @@ def test_centre_readout_rejects_a_stride_that_misses_the_centres():
 
 
 def test_unfolded_patches_match_the_fully_convolutional_twin():
-    torch.manual_seed(0)
-    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=2).eval()
-    for p in net.parameters():
-        p.data *= 3
+    net = spread_net(n_outputs=2)
     x = torch.rand(2, 1, 20, 17)
     with torch.no_grad():
         fcn = to_fully_convolutional(net, 3)(x)
@@ -207,10 +204,7 @@ def test_postprocess_keeps_largest_component_and_drops_small_ones():
 @pytest.mark.parametrize("engine", ["rows", "rows_conv", "fcn", "fcn_stacked", "unfold"])
 @pytest.mark.parametrize("stride", [1, 3])
 def test_every_engine_equals_patch_by_patch_across_bands_and_threads(engine, stride):
-    torch.manual_seed(0)
-    net = StackedSparseAutoencoder(patch_size=8, n_layers=3, n_nodes=6, n_outputs=1).eval()
-    for p in net.parameters():
-        p.data *= 3
+    net = spread_net(n_layers=3)
     slices = np.random.default_rng(1).random((3, 23, 19)).astype(np.float32)
     threads = torch.get_num_threads()
     # 10 patches per band: several bands per slice, shared by two threads
