@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +21,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import grid_size, matmul_rate, patch_flops  # noqa: E402
+from bench import best_time, grid_size, matmul_rate, patch_flops  # noqa: E402
 
 from penn.inference import _dense_logits, _pad_amount, segment_slices  # noqa: E402
 from penn.models.sparse_ae import StackedSparseAutoencoder  # noqa: E402
-
-
-def best_ms(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return 1e3 * best
 
 
 def main() -> int:
@@ -52,8 +41,9 @@ def main() -> int:
         extra = _pad_amount(512, 32, stride)  # as segment_slices pads (mean read-out)
         x = F.pad(torch.from_numpy(image)[:, None], (0, extra, 0, extra), mode="reflect")
         with torch.inference_mode():
-            whole = best_ms(lambda s=stride: segment_slices(net, image, s, 1, cpu), args.repeats)
-            network = best_ms(lambda e=engine, xs=x: e(xs), args.repeats)
+            whole = 1e3 * best_time(lambda s=stride: segment_slices(net, image, s, 1, cpu),
+                                    args.repeats, cpu)  # fmt: skip
+            network = 1e3 * best_time(lambda e=engine, xs=x: e(xs), args.repeats, cpu)
         rate = matmul_rate(4096, 3, cpu)  # as conf/bench.yaml's matmul, best of 3
         flops = grid_size(512, 32, stride) ** 2 * patch_flops(32, 3, 200, 1)
         floor = 1e3 * flops / rate
