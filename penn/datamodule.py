@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from penn.balance import class_counts, undersample
 from penn.io import DataError, Volume, list_cases, read_case, read_dataset_json
-from penn.patches import label_patches
+from penn.patches import border_pad, label_patches, pad_slices
 from penn.phantom import PhantomSpec, write_phantom_dataset
 from penn.preprocess import preprocess_volume, to_slices
 
@@ -143,16 +143,32 @@ class PatchDataset(Dataset):
         patch_size: patch side n.
         augment: intensity augmentation ranges (``gamma``, ``scale``, ``noise_std``) and
             ``flip`` (random mirroring of each patch in both in-plane axes), or None.
+        pad: (before, after) pixels added to both in-plane axes of every slice
+            (:func:`penn.patches.pad_slices`); ``index`` counts in the padded slices.
     """
 
-    def __init__(self, slices, index, targets, patch_size: int, augment: dict | None):
+    def __init__(self, slices, index, targets, patch_size: int, augment: dict | None,
+                 pad: tuple[int, int] = (0, 0)):  # fmt: skip
         self.slices, self.index, self.targets = slices, index, targets
-        self.patch_size, self.augment = patch_size, augment
+        self.patch_size, self.augment, self.pad = patch_size, augment, tuple(pad)
         self._offsets: dict[int, np.ndarray] = {}
-        self._flat: dict[int, np.ndarray] = {}
+        self._flat: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def volume(self, vol: int) -> np.ndarray:
+        """Volume ``vol``'s slices as the patches are cut from them: (S, H', W') float32, padded.
+
+        Cached until ``slices[vol]`` is replaced (the lesion benchmark gives its training scans
+        new lesions every epoch).
+        """
+        source = self.slices[vol]
+        cached = self._flat.get(vol)
+        if cached is None or cached[0] is not source:
+            padded = pad_slices(np.asarray(source, np.float32), *self.pad)
+            cached = self._flat[vol] = (source, np.ascontiguousarray(padded))
+        return cached[1]
 
     def _cut(self, vol: int, rows: np.ndarray) -> np.ndarray:
         """Patches (k, n, n) of one volume: one ``np.take`` from its flat slices.
@@ -160,10 +176,9 @@ class PatchDataset(Dataset):
         Same values as :func:`penn.patches.gather_patches`, with the n x n offsets of the
         volume's row length computed once.
         """
-        _, height, width = self.slices[vol].shape
-        flat = self._flat.get(vol)
-        if flat is None:  # a view for the usual contiguous float32 slices
-            flat = self._flat[vol] = np.ascontiguousarray(self.slices[vol], np.float32).reshape(-1)
+        slices = self.volume(vol)
+        _, height, width = slices.shape
+        flat = slices.reshape(-1)
         offsets = self._offsets.get(width)
         if offsets is None:
             n = np.arange(self.patch_size)
@@ -246,12 +261,13 @@ class DevicePatchLoader:
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
         self.steps_per_batch = int(steps_per_batch)
         self.device, self.seed, self.drop_last = torch.device(device), int(seed), drop_last
-        shapes = np.array([s.shape for s in dataset.slices], dtype=np.int64)  # (V, 3)
+        volumes = [dataset.volume(v) for v in range(len(dataset.slices))]
+        shapes = np.array([s.shape for s in volumes], dtype=np.int64)  # (V, 3)
         base = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))[:-1]])
         index = dataset.index.astype(np.int64)
         height, width = shapes[index[:, 0], 1], shapes[index[:, 0], 2]
         corner = base[index[:, 0]] + (index[:, 1] * height + index[:, 2]) * width + index[:, 3]
-        flat = [np.ascontiguousarray(s, np.float32).reshape(-1) for s in dataset.slices]
+        flat = [s.reshape(-1) for s in volumes]
         self.flat = torch.from_numpy(np.concatenate(flat)).to(self.device)
         self.corner = torch.from_numpy(corner).to(self.device)
         self.width = torch.from_numpy(width).to(self.device)
@@ -356,7 +372,8 @@ class PatchDataModule(L.LightningDataModule):
         plane: anatomical plane of the 2D slices (``sagittal``, ``coronal``, ``axial``).
         target: ``all`` (every labelled class, softmax head) or a key of ``targets``.
         targets: binary targets, each the label values that make up the positive class.
-        patches: ``size``, ``stride``, ``rule`` and ``threshold`` of the PE module.
+        patches: ``size``, ``stride``, ``rule`` and ``threshold`` of the PE module, and
+            ``pad_borders`` (centre rule: training patches centred on border pixels too).
         balance_ratio: share of the majority class after undersampling the training split.
         resample_each_epoch: draw a new undersampled subset of the majority class every epoch.
         split: ``val`` and ``test`` fractions and the ``seed`` of the split by volume.
@@ -469,12 +486,23 @@ class PatchDataModule(L.LightningDataModule):
             volume.image = None  # the preprocessed slices are all that is used from here on
         return split
 
+    @property
+    def pad(self) -> tuple[int, int]:
+        """Padding of the training slices: :func:`~penn.patches.border_pad` with
+        ``patches.pad_borders`` and the centre rule, so that border pixels centre training
+        patches as they centre the dense read-out's; else none (the paper: patches inside)."""
+        p = self.patch_cfg
+        if p["rule"] == "center" and p.get("pad_borders", False):
+            return border_pad(p["size"])
+        return 0, 0
+
     def patch_labels(self, labels: np.ndarray) -> np.ndarray:
-        """Patch classes of one volume's (S, H, W) labels on the training grid."""
+        """Patch classes of one volume's (S, H, W) labels on the training grid (padded slices)."""
         p = self.patch_cfg
         return label_patches(
-            labels, self.classes, p["size"], p["stride"], p["rule"], p["threshold"]
-        )
+            pad_slices(labels, *self.pad), self.classes, p["size"], p["stride"], p["rule"],
+            p["threshold"],
+        )  # fmt: skip
 
     def _index(self, split: SplitVolumes) -> tuple[np.ndarray, np.ndarray]:
         """All patch positions of a split as (N, 4) rows (volume, slice, y, x) and their classes."""
@@ -501,7 +529,9 @@ class PatchDataModule(L.LightningDataModule):
                 "patches (slices smaller than a patch?)"
             )
         augment = self.augment if name == "train" else None
-        return PatchDataset(split.slices, index, targets, self.patch_cfg["size"], augment)
+        return PatchDataset(
+            split.slices, index, targets, self.patch_cfg["size"], augment, pad=self.pad
+        )
 
     def _balanced_sampler(self, dataset: PatchDataset) -> BalancedSampler:
         """Training sampler (paper step 4, T1MRI); logs the class counts before and after."""

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["grid_starts", "window_sums", "label_patches", "gather_patches"]
+__all__ = [
+    "grid_starts",
+    "window_sums",
+    "label_patches",
+    "gather_patches",
+    "border_pad",
+    "pad_slices",
+]
 
 
 def grid_starts(length: int, patch_size: int, stride: int) -> np.ndarray:
@@ -92,3 +99,28 @@ def gather_patches(
     rows = ys[:, None, None] + offsets[None, :, None]
     cols = xs[:, None, None] + offsets[None, None, :]
     return slices[slice_idx[:, None, None], rows, cols]
+
+
+def border_pad(patch_size: int) -> tuple[int, int]:
+    """Rows (and columns) added before and after a slice so that every pixel centres a patch.
+
+    The patch centred on pixel y (the centre-pixel rule's pixel y + n // 2 of its corner) has its
+    corner at y in a slice padded by ``n // 2`` before and ``n - n // 2 - 1`` after, so the grid
+    of a padded slice holds exactly one patch per original pixel at stride 1.
+    """
+    head = patch_size // 2
+    return head, patch_size - head - 1
+
+
+def pad_slices(slices: np.ndarray, before: int, after: int) -> np.ndarray:
+    """Pads the two in-plane axes of (S, H, W) slices as the dense centre read-out does.
+
+    Mirror padding without repeating the edge (``reflect``, as ``torch.nn.functional.pad``
+    in :func:`penn.inference.segment_slices`), or the edge value repeated when the slice is
+    too small to mirror (``replicate`` there).
+    """
+    if before == 0 and after == 0:
+        return slices
+    mirror = max(before, after) < min(slices.shape[1:])
+    width = ((0, 0), (before, after), (before, after))
+    return np.pad(slices, width, mode="reflect" if mirror else "edge")

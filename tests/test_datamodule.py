@@ -1,10 +1,13 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from penn.datamodule import split_cases
+from penn.inference import segment_slices
 from penn.io import DataError
+from penn.models.sparse_ae import StackedSparseAutoencoder
 from penn.patches import gather_patches
 
 
@@ -56,7 +59,14 @@ def test_split_refuses_too_few_volumes():
         split_cases(["a", "b"], 0.2, 0.2, 0)
 
 
-def test_training_patches_are_balanced_and_match_their_labels(dm):
+@pytest.fixture
+def dm_padded(cfg_tiny):
+    cfg_tiny.data.patches.pad_borders = True
+    return set_up(cfg_tiny.data)
+
+
+def test_training_patches_are_balanced_and_match_their_labels(dm_padded):
+    dm = dm_padded
     loader = dm.train_dataloader()
     ds, sampler = loader.dataset, loader.sampler
     epoch0 = np.array(list(sampler))
@@ -65,13 +75,56 @@ def test_training_patches_are_balanced_and_match_their_labels(dm):
     assert (targets == 1).sum() == (ds.targets == 1).sum()  # every tumor patch kept
     assert dm.balance_log["after"] == np.bincount(targets, minlength=2).tolist()
     assert dm.balance_log["before"] == np.bincount(ds.targets, minlength=2).tolist()
-    # each patch's label follows the 60 % rule on the truth under it
-    n = dm.patch_cfg["size"]
+    # each patch's class is the label of its centre pixel (the default centre rule); with the
+    # slices padded by border_pad, corner (y, x) of the padded slice is the patch centred on
+    # original pixel (y, x)
+    assert dm.patch_cfg["rule"] == "center" and dm.pad == (8, 7)
     split = dm.splits["train"]
-    for row, target in zip(ds.index[:200], ds.targets[:200], strict=True):
-        vol, s, y, x = row
-        fraction = (split.labels[vol][s, y : y + n, x : x + n] == 2).mean()
-        assert (fraction >= 0.6) == bool(target)
+    vol, s, y, x = ds.index.T
+    centre = np.array([split.labels[v][k, i, j] for v, k, i, j in zip(vol, s, y, x, strict=True)])
+    np.testing.assert_array_equal(ds.targets, (centre == 2).astype(np.uint8))
+
+
+def test_paper_rule_patches_lie_inside_and_follow_the_fraction(cfg_tiny):
+    cfg_tiny.data.patches.rule = "fraction"
+    dm = set_up(cfg_tiny.data)
+    assert dm.pad == (0, 0)
+    ds, n = dm.train_dataloader().dataset, dm.patch_cfg["size"]
+    split = dm.splits["train"]
+    tumor = np.flatnonzero(ds.targets == 1)
+    rows = np.concatenate([tumor[:100], np.flatnonzero(ds.targets == 0)[:100]])
+    assert len(tumor) > 0
+    for (vol, s, y, x), target in zip(ds.index[rows], ds.targets[rows], strict=True):
+        window = split.labels[vol][s, y : y + n, x : x + n]
+        assert window.shape == (n, n)
+        assert ((window == 2).mean() >= 0.6) == bool(target)
+
+
+def test_training_patches_are_the_patches_the_dense_readout_classifies(dm_padded):
+    """Border pixels included: the patch a training row holds for pixel p is the one the
+    centre read-out classifies for p, so a net sees at inference what it was trained on."""
+    dm = dm_padded
+    ds = dm.train_dataloader().dataset
+    slices = dm.splits["train"].slices[0]
+    height, width = slices.shape[1:]
+    stride = dm.patch_cfg["stride"]
+    rows = np.flatnonzero(ds.index[:, 0] == 0)
+    vol, s, y, x = ds.index[rows].T
+    # every pixel on the stride grid centres exactly one training patch, the edges included
+    assert sorted(set(y)) == list(range(0, height, stride))
+    assert sorted(set(x)) == list(range(0, width, stride))
+    assert len(rows) == slices.shape[0] * len(set(y)) * len(set(x))
+    torch.manual_seed(0)
+    net = StackedSparseAutoencoder(patch_size=16, n_layers=2, n_nodes=6, n_outputs=1).eval()
+    for p in net.parameters():
+        p.data *= 10  # spread the probabilities away from 0.5
+    with torch.no_grad():
+        trained_on = torch.sigmoid(net(ds.patches(rows))).numpy()[:, 0]
+    dense, _ = segment_slices(net, slices, stride, batch_slices=4, aggregate="center")
+    np.testing.assert_allclose(dense[s, 0, y, x], trained_on, atol=1e-5)
+    assert trained_on.std() > 0.05
+    border = (y == 0) | (x == 0) | (y >= height - stride) | (x >= width - stride)
+    assert border.sum() > 100
 
 
 def test_background_is_redrawn_each_epoch_and_reproducible(dm):
@@ -87,15 +140,16 @@ def test_background_is_redrawn_each_epoch_and_reproducible(dm):
     assert len(e0) == len(e1) == len(sampler)
 
 
-def test_batches_are_gathered_from_the_preprocessed_slices(dm):
+def test_batches_are_gathered_from_the_preprocessed_slices(dm_padded):
+    dm = dm_padded
     ds = dm.val_dataloader().dataset
     x, y = ds.__getitems__([0, 5, 9])
     assert x.shape == (3, 1, 16, 16) and y.dtype == torch.int64
     vol, s, yy, xx = ds.index[5]
-    expected = gather_patches(
-        dm.splits["val"].slices[vol], np.array([s]), np.array([yy]), np.array([xx]), 16
-    )[0]
-    np.testing.assert_array_equal(x[1, 0].numpy(), expected)
+    # the slices mirrored by 8 before and 7 after, as torch pads them for the dense read-out
+    padded = F.pad(torch.from_numpy(dm.splits["val"].slices[vol][None]), (8, 7, 8, 7), "reflect")
+    expected = gather_patches(padded[0].numpy(), np.array([s]), np.array([yy]), np.array([xx]), 16)
+    np.testing.assert_array_equal(x[1, 0].numpy(), expected[0])
 
 
 def test_train_loader_is_deterministic_for_a_seed_with_workers(cfg_tiny):
@@ -208,7 +262,7 @@ def test_device_loader_augments_reproducibly_per_seed_and_epoch(cfg_tiny):
 
     loader = train_loader(cfg_tiny, loader_on_device=True)
     ds = loader.dataset
-    unaugmented = PatchDataset(ds.slices, ds.index, ds.targets, ds.patch_size, augment=None)
+    unaugmented = PatchDataset(ds.slices, ds.index, ds.targets, ds.patch_size, None, ds.pad)
     plain = DevicePatchLoader(unaugmented, loader.sampler, loader.batch_size, "cpu", seed=0)
 
     def first(ld, epoch):

@@ -25,6 +25,7 @@ from penn.lesions import (
     on_disk_values,
 )
 from penn.make_lesions import write_lesion_dataset
+from penn.patches import pad_slices
 from penn.preprocess import to_slices
 from penn.run import make_datamodule
 from tests.conftest import CONF
@@ -230,9 +231,18 @@ def test_training_scans_get_new_lesions_each_epoch(lesion_dm):
     dataset, sampler = loader.dataset, loader.sampler
     epoch0 = [lab.copy() for lab in dm.splits["train"].labels]
     length = len(list(sampler))  # epoch 0: the fixed lesions
+    before = dataset.patches(np.arange(len(dataset)))  # (the dataset caches its slices)
     sampler.set_epoch(1)
     epoch1 = [lab.copy() for lab in dm.splits["train"].labels]
     assert any(not np.array_equal(a, b) for a, b in zip(epoch0, epoch1, strict=True))
+    # the patches are cut from the new scans, not from epoch 0's cached slices
+    after = dataset.patches(np.arange(len(dataset)))
+    changed = np.flatnonzero((before != after).flatten(1).any(1).numpy())
+    assert len(changed) > 0
+    vol, s, y, x = dataset.index[changed[0]]
+    n = dataset.patch_size
+    new = pad_slices(dm.splits["train"].slices[vol], *dataset.pad)[s, y : y + n, x : x + n]
+    np.testing.assert_array_equal(after[changed[0], 0].numpy(), new)
     # the dataset's patch classes follow the new labels, and the epoch keeps its length
     assert np.array_equal(dataset.targets, dm._index(dm.splits["train"])[1])
     assert len(list(sampler)) == length == len(sampler)
