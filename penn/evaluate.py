@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from penn.checkpoint import load_model
 from penn.evaluation import predict_volumes, score
 from penn.io import DataError, list_cases, read_case, read_dataset_json
-from penn.preprocess import preprocess_volume, to_slices
+from penn.preprocess import label_slices, preprocess_volume, to_slices
 from penn.reports import metrics_table, write_metrics
 
 log = logging.getLogger(__name__)
@@ -38,22 +38,42 @@ def resolve_classes(cfg: DictConfig, meta: dict) -> list[list[int]]:
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Segments and scores every case of ``cfg.data.root``; writes ``metrics.json``."""
     net, meta = load_model(cfg.ckpt)
-    data, inference = meta["data"], dict(meta["inference"])
+    inference = dict(meta["inference"])
     inference.update(
         {k: v for k, v in OmegaConf.to_container(cfg.inference).items() if v is not None}
     )
-    classes = resolve_classes(cfg, meta)
-    root = Path(cfg.data.root)
+    names = meta["data"]["class_names"] if cfg.data.target is None else [cfg.data.target]
+    metrics = score_folder(
+        net, meta, Path(cfg.data.root), resolve_classes(cfg, meta), names, inference
+    )
+    out = Path(cfg.paths.output_dir)
+    write_metrics(out / "metrics.json", metrics)
+    print(f"\n{metrics_table(metrics)}\n\nmetrics: {out / 'metrics.json'}")  # the one print
+    return metrics
+
+
+def score_folder(net, meta: dict, root: Path, classes: list[list[int]], names: list[str],
+                 inference: dict) -> dict[str, float]:  # fmt: skip
+    """The ``test/...`` metrics of a model on every labelled case of a dataset folder.
+
+    Each scan is preprocessed as ``meta['data']`` says (resampled to its ``spacing`` when it has
+    one), segmented, and scored on its own grid.
+    """
+    data = meta["data"]
     allowed = sorted(int(v) for v in read_dataset_json(root)["labels"].values())
-    slices, labels = [], []
+    plane, spacing = data["plane"], data["preprocess"].get("spacing")
+    slices, labels, working_labels = [], [], []
     for case in list_cases(root):
         volume = read_case(case, allowed)
-        slices.append(preprocess_volume(volume.image, data["plane"], **data["preprocess"]))
-        labels.append(to_slices(volume.labels, data["plane"]))
+        slices.append(preprocess_volume(volume.image, plane, voxel_spacing=volume.spacing,
+                                        **data["preprocess"]))  # fmt: skip
+        labels.append(to_slices(volume.labels, plane))
+        working_labels.append(label_slices(volume.labels, plane, spacing, volume.spacing))
     if not slices:
         raise DataError(f"{root}: no labelled volumes")
-    predictions = predict_volumes(net, slices, inference, meta.get("model"))
-    names = data["class_names"] if cfg.data.target is None else [cfg.data.target]
+    predictions = predict_volumes(
+        net, slices, inference, meta.get("model"), shapes=[lab.shape[1:] for lab in labels]
+    )
     metrics, _ = score(
         predictions,
         labels,
@@ -63,10 +83,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         inference,
         inference["threshold"],
         "test",
+        patch_labels=working_labels,
     )
-    out = Path(cfg.paths.output_dir)
-    write_metrics(out / "metrics.json", metrics)
-    print(f"\n{metrics_table(metrics)}\n\nmetrics: {out / 'metrics.json'}")  # the one print
     return metrics
 
 

@@ -17,6 +17,7 @@ from penn.inference import (
 )
 from penn.metrics import confusion_counts, summarize
 from penn.patches import label_patches
+from penn.preprocess import resize_in_plane
 
 __all__ = [
     "Prediction",
@@ -61,7 +62,8 @@ def default_device() -> torch.device:
 
 def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict | None = None,
                     device: torch.device | str | None = None, progress: bool = True,
-                    patches: bool = True) -> list[Prediction]:  # fmt: skip
+                    patches: bool = True,
+                    shapes: list[tuple[int, int]] | None = None) -> list[Prediction]:  # fmt: skip
     """Dense probabilities for each volume's (S, H, W) slices.
 
     Args:
@@ -74,7 +76,18 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
         device: where to run (default: CUDA when there is a GPU, else CPU).
         progress: a progress bar over each volume's slices.
         patches: keep the patch-grid probabilities (False: ``patch_probs`` is None).
+        shapes: per volume, the (H, W) of its own slices when ``slices`` were resampled to
+            the network's spacing (``data.preprocess.spacing``): the pixel probabilities are
+            resampled back to it (bilinear); the patch grid stays on the working grid.
     """
+    predictions = _predict(net, slices, inference, model or {}, device, progress, patches)
+    if shapes is not None:
+        for pred, shape in zip(predictions, shapes, strict=True):
+            pred.probs = resize_in_plane(pred.probs, shape, order=1)
+    return predictions
+
+
+def _predict(net, slices, inference, model, device, progress, patches) -> list[Prediction]:
     model = model or {}
     device = device or default_device()
     net = net.eval().to(device)
@@ -180,28 +193,37 @@ def calibrate_min_size(predictions: list[Prediction], truths: list[np.ndarray],
 
 def score(predictions: list[Prediction], labels: list[np.ndarray], classes: list[list[int]],
           class_names: list[str], patches: dict, inference: dict, threshold: float | None,
-          stage: str) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+          stage: str, patch_labels: list[np.ndarray] | None = None,
+          ) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
     """Thresholds, post-processes and scores predictions against raw label maps.
+
+    Args:
+        labels: per volume, the raw (S, H, W) label slices the pixel metrics compare with,
+            on the grid of ``Prediction.probs``.
+        patch_labels: the same on the network's working grid, where the patch grid lies, when
+            the slices were resampled (``data.preprocess.spacing``); default ``labels``.
 
     Fills ``Prediction.labels`` and returns (flat metrics, per-volume pixel counts).
     """
     n_classes = len(classes) + 1
     stride, size = inference["stride"], patches["size"]
     per_volume, patch_total, rows = [], np.zeros((n_classes, 4), np.int64), []
-    for pred, raw in zip(predictions, labels, strict=True):
+    patch_labels = labels if patch_labels is None else patch_labels
+    for pred, raw, grid_raw in zip(predictions, labels, patch_labels, strict=True):
         truth = class_map(raw, classes)
         pred.labels = postprocess(decide(pred.probs, threshold), **inference["postprocess"])
         counts = confusion_counts(pred.labels, truth, n_classes)
         per_volume.append(counts)
         rows.append(counts.tolist())
         patch_truth = label_patches(
-            raw, classes, size, stride, patches["rule"], patches["threshold"]
+            grid_raw, classes, size, stride, patches["rule"], patches["threshold"]
         )
         ny, nx = patch_truth.shape[1:]
         if pred.patch_probs is None:  # pixel-wise net: its mask, labelled by the patch rule
             class_values = [[k] for k in range(1, n_classes)]
+            mask = resize_in_plane(pred.labels, grid_raw.shape[1:], order=0)
             patch_pred = label_patches(
-                pred.labels, class_values, size, stride, patches["rule"], patches["threshold"]
+                mask, class_values, size, stride, patches["rule"], patches["threshold"]
             )
         else:
             patch_pred = decide(pred.patch_probs[:, :, :ny, :nx], threshold)

@@ -21,7 +21,6 @@ from penn.datamodule import BalancedSampler, PatchDataModule, PatchDataset, Spli
 from penn.evaluation import class_map
 from penn.io import DataError, read_case
 from penn.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
-from penn.preprocess import preprocess_volume, to_slices
 from penn.slices import SliceDataModule, SliceDataset
 
 __all__ = ["LesionSampler", "EpochShuffle", "LesionDataModule", "LesionSliceDataModule"]
@@ -145,8 +144,9 @@ class _LesionMixin:
             self._raw[volume.name] = (volume.image, volume.labels)
             image, labels = self._implant(volume, lesion_rng(self.lesion_seed, volume.name))
             split.volumes.append(volume)
-            split.slices.append(preprocess_volume(image, self.plane, **self.preprocess_cfg))
-            split.labels.append(to_slices(labels, self.plane))
+            volume.labels = labels  # with the lesions: what the scan is scored against
+            split.slices.append(self.preprocess(image, volume.spacing))
+            split.labels.append(self.working_labels(labels, volume.spacing))
             volume.image = None
         return split
 
@@ -168,8 +168,9 @@ class _LesionMixin:
         for i, volume in enumerate(split.volumes):
             keys = () if epoch == 0 else (epoch, run_seed)
             image, labels = self._implant(volume, lesion_rng(self.lesion_seed, volume.name, *keys))
-            split.slices[i] = preprocess_volume(image, self.plane, **self.preprocess_cfg)
-            split.labels[i] = to_slices(labels, self.plane)
+            volume.labels = labels
+            split.slices[i] = self.preprocess(image, volume.spacing)
+            split.labels[i] = self.working_labels(labels, volume.spacing)
         self._lesion_epoch = epoch
         self._relabel_training()
         log.info("epoch %d: new lesions in %d training scans", epoch, len(split.volumes))

@@ -40,7 +40,7 @@ from penn.io import (
     write_nifti,
 )
 from penn.mesh import mesh_bytes, surface_mesh
-from penn.preprocess import from_slices, preprocess_volume, to_slices
+from penn.preprocess import from_slices, preprocess_volume, slice_grid, to_slices
 from penn.reports import overlay_figure, pick_slices
 
 __all__ = [
@@ -175,15 +175,21 @@ def segment_volume(net, volume: Volume, data: dict, inference: dict, device,
 
     ``model`` is the model file's ``level`` / ``context_offset`` (None: a patch classifier).
 
+    A model trained at an in-plane spacing (``data.preprocess.spacing``) sees the scan
+    resampled to it, and its probabilities are resampled back to the scan's grid.
+
     Returns:
-        (slices (S, H, W) preprocessed, labels (X, Y, Z) uint8 class map after post-processing,
-        probabilities (X, Y, Z) float32 of the positive class for a binary model, else
-        (X, Y, Z, K) per class).
+        (slices (S, H, W) preprocessed, on the scan's grid, labels (X, Y, Z) uint8 class map
+        after post-processing, probabilities (X, Y, Z) float32 of the positive class for a
+        binary model, else (X, Y, Z, K) per class).
     """
     plane = data["plane"]
-    slices = preprocess_volume(volume.image, plane, **data["preprocess"])
+    grid = slice_grid(volume.image.shape, volume.spacing, plane, data["preprocess"].get("spacing"))
+    slices = preprocess_volume(volume.image, plane, voxel_spacing=volume.spacing,
+                               **data["preprocess"])  # fmt: skip
     probs = predict_volumes(net, [slices], inference, model, device, progress=False,
-                            patches=False)[0].probs  # fmt: skip
+                            patches=False, shapes=[grid.native])[0].probs  # fmt: skip
+    slices = grid.to_native(slices, order=1)
     labels = postprocess(decide(probs, inference["threshold"]), **inference["postprocess"])
     per_class = probs[:, 0] if probs.shape[1] == 1 else np.moveaxis(probs, 1, -1)
     return slices, from_slices(labels, plane), from_slices(per_class, plane).astype(np.float32)

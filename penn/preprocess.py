@@ -1,12 +1,20 @@
-"""Pure array functions of the paper's preprocessing (PAPER.md step 2) and slicing along a plane."""
+"""Pure array functions of the paper's preprocessing (PAPER.md step 2), slicing along a plane, and
+resampling the slices to a common in-plane pixel spacing (and back)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from skimage.filters import gaussian
+from skimage.transform import resize
 
 __all__ = [
     "PLANE_AXIS",
+    "SliceGrid",
+    "slice_grid",
+    "resize_in_plane",
+    "label_slices",
     "remove_noise",
     "smooth",
     "normalize",
@@ -68,23 +76,113 @@ def normalize(image: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray
     return np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
+def resize_in_plane(array: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
+    """Resizes the last two axes of ``array`` to ``shape`` (the others are kept as they are).
+
+    Args:
+        array: (..., H, W), e.g. (S, H, W) slices or (S, K, H, W) class probabilities.
+        shape: the new (H', W').
+        order: 0 (nearest: label maps) or 1 (bilinear: intensities, probabilities). Bilinear
+            shrinking low-pass filters first (``skimage.transform.resize``'s anti-aliasing).
+    """
+    shape = tuple(int(v) for v in shape)
+    if tuple(array.shape[-2:]) == shape:
+        return array
+    out_shape = (*array.shape[:-2], *shape)
+    shrink = order > 0 and (shape[0] < array.shape[-2] or shape[1] < array.shape[-1])
+    out = resize(array, out_shape, order=order, mode="edge", anti_aliasing=shrink,
+                 preserve_range=True)  # fmt: skip
+    return out.astype(array.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class SliceGrid:
+    """A volume's slices on its own grid (``native``) and on the network's (``working``).
+
+    Attributes:
+        native: (H, W) of the scan's slices along the plane.
+        working: (H', W') after resampling to the configured in-plane spacing (= ``native``
+            when no spacing is configured).
+    """
+
+    native: tuple[int, int]
+    working: tuple[int, int]
+
+    def to_working(self, slices: np.ndarray, order: int = 1) -> np.ndarray:
+        return resize_in_plane(slices, self.working, order)
+
+    def to_native(self, slices: np.ndarray, order: int = 1) -> np.ndarray:
+        return resize_in_plane(slices, self.native, order)
+
+
+def slice_grid(shape: tuple[int, int, int], voxel_spacing: tuple[float, float, float] | None,
+               plane: str, spacing: float | None) -> SliceGrid:  # fmt: skip
+    """The working grid of a canonical volume of ``shape`` with pixels of ``spacing`` mm.
+
+    Args:
+        shape: (X, Y, Z) of the canonical volume.
+        voxel_spacing: its voxel size in mm along X, Y, Z.
+        plane: the slicing plane.
+        spacing: in-plane pixel size in mm the network works at (``data.preprocess.spacing``),
+            or None to keep every scan's own grid.
+    """
+    axes = [a for a in range(3) if a != PLANE_AXIS[plane]]
+    native = tuple(int(shape[a]) for a in axes)
+    if spacing is None:
+        return SliceGrid(native, native)
+    if voxel_spacing is None:
+        raise ValueError("preprocess.spacing is set, so the scan's voxel spacing is needed")
+    if spacing <= 0:
+        raise ValueError(f"preprocess.spacing={spacing}: use a pixel size in mm > 0, or null")
+    working = tuple(
+        max(1, int(round(n * float(voxel_spacing[a]) / spacing)))
+        for n, a in zip(native, axes, strict=True)
+    )
+    return SliceGrid(native, working)
+
+
 def preprocess_volume(
     image: np.ndarray,
     plane: str,
     noise_threshold: float,
     smooth_sigma: float,
     clip_percentiles: tuple[float, float],
+    spacing: float | None = None,
+    voxel_spacing: tuple[float, float, float] | None = None,
 ) -> np.ndarray:
-    """Noise removal, in-plane smoothing and normalisation (in this order), then slicing.
+    """Slicing, resampling to ``spacing``, noise removal, in-plane smoothing and normalisation.
+
+    Args:
+        image: (X, Y, Z) canonical volume.
+        plane: the slicing plane.
+        noise_threshold, smooth_sigma, clip_percentiles: see :func:`remove_noise`,
+            :func:`smooth` (pixels of the working grid) and :func:`normalize`.
+        spacing: in-plane pixel size (mm) to resample every slice to (bilinear, low-pass
+            filtered when shrinking), so that a patch covers the same anatomy whatever the
+            scanner's resolution; None keeps the scan's grid.
+        voxel_spacing: the volume's voxel size in mm (needed with ``spacing``).
 
     Returns:
-        (S, H, W) float32 slices in [0, 1] along ``plane``.
+        (S, H', W') float32 slices in [0, 1] along ``plane`` on the working grid.
     """
-    axis = PLANE_AXIS[plane]
+    grid = slice_grid(image.shape, voxel_spacing, plane, spacing)
+    if grid.working != grid.native:
+        image = from_slices(grid.to_working(to_slices(image, plane), order=1), plane)
     image = remove_noise(image, noise_threshold)
-    image = smooth(image, smooth_sigma, axis)
+    image = smooth(image, smooth_sigma, PLANE_AXIS[plane])
     image = normalize(image, tuple(clip_percentiles))
     return to_slices(image, plane)
+
+
+def label_slices(
+    labels: np.ndarray,
+    plane: str,
+    spacing: float | None = None,
+    voxel_spacing: tuple[float, float, float] | None = None,
+) -> np.ndarray:
+    """A canonical label volume as (S, H', W') slices on the working grid (nearest neighbour)."""
+    grid = slice_grid(labels.shape, voxel_spacing, plane, spacing)
+    return np.ascontiguousarray(grid.to_working(to_slices(labels, plane), order=0))
 
 
 def to_slices(volume: np.ndarray, plane: str) -> np.ndarray:

@@ -32,6 +32,7 @@ from penn.lit.baseline import SegmentationModule
 from penn.lit.finetune import FinetuneModule
 from penn.lit.pretrain import PretrainModule
 from penn.mining import HardNegativeMining
+from penn.preprocess import resize_in_plane
 from penn.reports import metrics_table, write_metrics, write_overlays
 from penn.runtime import close_loggers, log_final, make_loggers, make_trainer, resume_phase
 
@@ -132,28 +133,30 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
     """Calibrates on validation, scores the test split, writes metrics, model and overlays."""
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
     model = model_info(cfg)
-    val = dm.splits["val"]
-    val_pred = predict_volumes(net, val.slices, inference, model)
-    val_truth = [class_map(lab, dm.classes) for lab in val.labels]
+    val, val_labels = dm.splits["val"], dm.native_labels("val")
+    val_pred = predict_volumes(net, val.slices, inference, model, shapes=_shapes(val_labels))
+    val_truth = [class_map(lab, dm.classes) for lab in val_labels]
     threshold, calibration = calibrate(val_pred, val_truth, inference)
     min_size, calibration["postprocess"] = calibrate_min_size(
         val_pred, val_truth, threshold, inference
     )
     inference["postprocess"]["min_size"] = min_size
     val_metrics, _ = score(
-        val_pred, val.labels, dm.classes, dm.class_names, dm.patch_cfg, inference, threshold, "val"
-    )
-    test = dm.splits["test"]
-    test_pred = predict_volumes(net, test.slices, inference, model)
+        val_pred, val_labels, dm.classes, dm.class_names, dm.patch_cfg, inference, threshold,
+        "val", patch_labels=val.labels,
+    )  # fmt: skip
+    test, test_labels = dm.splits["test"], dm.native_labels("test")
+    test_pred = predict_volumes(net, test.slices, inference, model, shapes=_shapes(test_labels))
     metrics, per_volume = score(
         test_pred,
-        test.labels,
+        test_labels,
         dm.classes,
         dm.class_names,
         dm.patch_cfg,
         inference,
         threshold,
         "test",
+        patch_labels=test.labels,
     )
     metrics.update({k: v for k, v in val_metrics.items() if k.startswith("val/pixel")})
     metrics["calibration/threshold"] = math.nan if threshold is None else threshold
@@ -188,18 +191,23 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
     )
     overlays = []
     for name, slices, labels, pred in zip(
-        test.names, test.slices, test.labels, test_pred, strict=True
+        test.names, test.slices, test_labels, test_pred, strict=True
     ):
         overlays += write_overlays(
             out / "overlays",
             name,
-            slices,
+            resize_in_plane(slices, labels.shape[1:], order=1),
             class_map(labels, dm.classes),
             pred.labels,
             cfg.inference.overlays,
         )
     log_final(loggers, metrics, overlays)
     return metrics
+
+
+def _shapes(labels: list[np.ndarray]) -> list[tuple[int, int]]:
+    """Each volume's own in-plane slice shape, which the pixel probabilities are resampled to."""
+    return [lab.shape[1:] for lab in labels]
 
 
 def train(cfg: DictConfig) -> float:
