@@ -217,15 +217,12 @@ class PatchDataset(Dataset):
 
 def augment_patches(x: torch.Tensor, augment: dict,
                     generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """Per-patch gamma, contrast scale, noise, optional flips and random intensity curves.
+    """Per-patch gamma, contrast scale, noise and optional flips (robustness, more variety).
 
     ``x`` (B, 1, n, n) on any device; random draws from ``generator`` (on that device) or, by
-    default, torch's global generator. ``remap_probability`` > 0 first passes that share of
-    the patches through :func:`random_intensity_curve` (``remap_knots`` segments).
+    default, torch's global generator.
     """
     n, dev, g = x.shape[0], x.device, generator
-    if augment.get("remap_probability", 0.0) > 0:
-        x = random_intensity_curve(x, augment["remap_probability"], augment["remap_knots"], g)
     g0, g1 = augment["gamma"]
     s0, s1 = augment["scale"]
     gamma = torch.empty(n, 1, 1, 1, device=dev).uniform_(np.log(g0), np.log(g1), generator=g).exp()
@@ -236,35 +233,6 @@ def augment_patches(x: torch.Tensor, augment: dict,
         for dim in (-1, -2):
             x = torch.where(torch.rand(n, 1, 1, 1, device=dev, generator=g) < 0.5, x.flip(dim), x)
     return x.clamp(0.0, 1.0)
-
-
-def random_intensity_curve(x: torch.Tensor, probability: float, knots: int,
-                           generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """Maps a share of the patches through random piecewise-linear intensity curves.
-
-    Each chosen patch gets its own curve through ``knots + 1`` points at 0, 1/knots, ..., 1 with
-    values drawn uniformly from [0, 1]: not necessarily monotone, so tissues may swap their
-    order of brightness, as they do between T1, T2, fat-suppressed (TIRM/STIR) and water/fat
-    images. A network trained on one sequence must then rely on shape and texture more than on
-    one sequence's contrast (the idea of SynthSeg's contrast randomisation, applied per patch).
-    The other patches are returned as they are.
-
-    Args:
-        x: (B, 1, n, n) intensities in [0, 1].
-        probability: share of the patches remapped.
-        knots: segments of each curve (1: a random linear map, possibly an inversion).
-        generator: random source on ``x``'s device (default: torch's global one).
-    """
-    b, dev = x.shape[0], x.device
-    values = torch.rand(b, knots + 1, device=dev, generator=generator)
-    chosen = torch.rand(b, device=dev, generator=generator) < probability
-    position = x.clamp(0.0, 1.0).reshape(b, -1) * knots
-    left = position.floor().clamp(max=knots - 1)
-    frac = position - left
-    left = left.long()
-    low, high = values.gather(1, left), values.gather(1, left + 1)
-    curved = (low + frac * (high - low)).reshape(x.shape)
-    return torch.where(chosen[:, None, None, None], curved, x)
 
 
 class DevicePatchLoader:
