@@ -80,7 +80,7 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
             the network's spacing (``data.preprocess.spacing``): the pixel probabilities are
             resampled back to it (bilinear); the patch grid stays on the working grid.
     """
-    predictions = _predict(net, slices, inference, model or {}, device, progress, patches)
+    predictions = _predict(net, slices, inference, model, device, progress, patches)
     if shapes is not None:
         for pred, shape in zip(predictions, shapes, strict=True):
             pred.probs = resize_in_plane(pred.probs, shape, order=1)

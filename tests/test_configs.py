@@ -189,17 +189,19 @@ def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_
 
 
 @pytest.mark.parametrize(
-    ("overrides", "epochs", "mined"),
+    ("overrides", "epochs", "mined", "gamma"),
     [
-        ([], 8, 0.75),  # the phantom: conf/tuning/phantom_penn.yaml
-        (["data=lumbar_vb"], 15, 0.5),  # conf/tuning/lumbar_vb_penn.yaml
-        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5),  # the command line wins
-        (["data=lumbar_vb_lesions"], 8, 0.0),  # no tuning file for it
-        (["data=lumbar_vb", "+experiment=paper"], 15, 0.0),  # the paper's random undersampling
-        (["data=lumbar_vb", "model=unet"], 20, None),  # other models keep their own
+        ([], 8, 0.75, [0.8, 1.25]),  # the phantom: conf/tuning/phantom_penn.yaml
+        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0]),  # conf/tuning/lumbar_vb_penn.yaml
+        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0]),  # command line wins
+        (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25]),  # no tuning file for it
+        (["data=lumbar_vb", "+experiment=paper"], 15, 0.0, [0.5, 2.0]),  # random undersampling
+        (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25]),  # other models: their own
     ],
 )
-def test_per_dataset_tuning_sets_penns_finetuning(overrides, epochs, mined, tmp_path):
-    finetune = compose_train(overrides, tmp_path).model.finetune
+def test_per_dataset_tuning_sets_penns_finetuning(overrides, epochs, mined, gamma, tmp_path):
+    cfg = compose_train(overrides, tmp_path)
+    finetune = cfg.model.finetune
     assert finetune.epochs == epochs
     assert (finetune.hard_negatives.fraction if "hard_negatives" in finetune else None) == mined
+    assert list(cfg.data.augment.gamma) == gamma
