@@ -34,10 +34,9 @@ import numpy as np
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from spacing_check import write_folder
+from spacing_check import dice_of, write_folder
 
 from penn.checkpoint import load_model
-from penn.evaluate import score_folder
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CURVES = {
@@ -77,20 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     net, meta = load_model(args.run / "model.pt")
     names = split_names(args.run, args.split)
-    data, rows = meta["data"], []
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, curve in CURVES.items():
             folder = write_folder(Path(tmp) / name, args.data_root, names,
                                   lambda v, c=curve: recontrast(v, c))  # fmt: skip
-            metrics = score_folder(net, meta, folder, data["classes"], data["class_names"],
-                                   dict(meta["inference"]))  # fmt: skip
             row = {
                 "run": str(args.run),
                 "curve": name,
                 "split": args.split,
                 "volumes": len(names),
-                "pixel_dice": metrics["test/pixel/dice"],
-                "pixel_pooled_dice": metrics["test/pixel_pooled/dice"],
+                **dice_of(net, meta, folder),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

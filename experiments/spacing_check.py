@@ -66,6 +66,18 @@ def write_folder(out: Path, root: Path, names: set[str], transform) -> Path:
     return out
 
 
+def dice_of(net, meta: dict, folder: Path) -> dict[str, float]:
+    """The model's test pixel Dice (mean per volume and pooled) on a dataset folder, as the
+    model file says to preprocess, segment and decide."""
+    data = meta["data"]
+    metrics = score_folder(net, meta, folder, data["classes"], data["class_names"],
+                           dict(meta["inference"]))  # fmt: skip
+    return {
+        "pixel_dice": metrics["test/pixel/dice"],
+        "pixel_pooled_dice": metrics["test/pixel_pooled/dice"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -85,15 +97,12 @@ def main(argv: list[str] | None = None) -> int:
             folder = write_folder(Path(tmp) / f"px{size}", args.data_root, names,
                                   lambda v, s=size: resample_case(v, data["plane"], s))  # fmt: skip
             for way, m in (("resampled", meta), ("as_is", as_is)):
-                metrics = score_folder(net, m, folder, data["classes"], data["class_names"],
-                                       dict(meta["inference"]))  # fmt: skip
                 row = {
                     "pixel_mm": size,
                     "way": way,
                     "model_spacing_mm": trained if way == "resampled" else None,
                     "volumes": len(names),
-                    "pixel_dice": metrics["test/pixel/dice"],
-                    "pixel_pooled_dice": metrics["test/pixel_pooled/dice"],
+                    **dice_of(net, m, folder),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
