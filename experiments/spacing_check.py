@@ -1,7 +1,7 @@
 """Does a trained model keep its accuracy on scans of another resolution?
 
     python experiments/spacing_check.py outputs/train/RUN DATA_ROOT [--sizes 0.5 0.75 1.0]
-        [--json docs/results/issue2/spacing_check.json]
+        [--json docs/results/issue2/spacing_check_lumbar.jsonl]
 
 Takes the run's test scans (the names in its ``evaluation.json``) from DATA_ROOT, resamples them
 in-plane to each pixel size of ``--sizes`` (mm; image bilinear, labels nearest), as if another
