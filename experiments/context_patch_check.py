@@ -17,11 +17,12 @@ A prototype outside the penn pipeline, so both arms are trained and read out the
   128, 8 epochs, penn's default augmentation (gamma 0.8-1.25, scale 0.9-1.1, noise 0.01);
 - read-out: the patch grid at stride 2 as convolutions (the context part dilated), bilinear to
   pixels, a Gaussian of 2 px (the default centre read-out);
-- decision: threshold (0.05-0.99) and min_size (0, 250, 1000 voxels) with the best pooled
-  validation Dice, then the test split is scored with them.
+- decision: threshold (0.05-0.99) and min_size (0, 250, 1000 voxels; `penn.inference.postprocess`)
+  with the best pooled validation Dice, then the test split is scored with them.
 
 Prints one Markdown row (validation pooled / mean, test mean / pooled, test per volume) and
-appends it as JSON to ``--out``/context_patch_check.jsonl. One run takes 2-4 min on 2 cores.
+appends it as JSON to ``--out``/context_patch_check.jsonl. One run takes 2 (single) to 3.5
+(context) min on 2 cores.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from scipy import ndimage as ndi
 from torch import nn
 
 from penn.evaluation import class_map
+from penn.inference import postprocess
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 N, HALF, BATCH, EPOCHS, POOL, HARD = 32, 16, 128, 8, 200_000, 0.75
@@ -167,22 +169,11 @@ def dense_probabilities(net: nn.Sequential, volume: tuple, dilation: int) -> np.
     return np.stack(probs)
 
 
-def drop_small(mask: np.ndarray, min_size: int) -> np.ndarray:
-    if min_size == 0:
-        return mask
-    components, n = ndi.label(mask)
-    if n == 0:
-        return mask
-    keep = np.bincount(components.ravel()) >= min_size
-    keep[0] = False
-    return keep[components]
-
-
 def dice_scores(probs: list, truths: list, threshold: float, min_size: int):
     """(mean per volume, pooled, per volume) Dice; NaN for a volume without either."""
     per, counts = [], np.zeros(3)
     for p, t in zip(probs, truths, strict=True):
-        m = drop_small(p >= threshold, min_size)
+        m = postprocess((p >= threshold).astype(np.uint8), min_size, None, 0).astype(bool)
         c = np.array([(m & t).sum(), (m & ~t).sum(), (~m & t).sum()], float)
         per.append(np.nan if c.sum() == 0 else 2 * c[0] / (2 * c[0] + c[1] + c[2]))
         counts += c
