@@ -1,7 +1,8 @@
 """Would a second, dilated context patch help a PENN-like classifier on the phantom? An A/B test.
 
     python experiments/context_patch_check.py single  [--seed S] [--out DIR]
-    python experiments/context_patch_check.py context [--dilation 4] [--seed S] [--out DIR]
+    python experiments/context_patch_check.py context [--dilation 4] [--context-pad reflect|zero]
+        [--seed S] [--out DIR]
 
 A prototype outside the penn pipeline, so both arms are trained and read out the same way:
 
@@ -47,8 +48,12 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 N, HALF, BATCH, EPOCHS, POOL, HARD = 32, 16, 128, 8, 200_000, 0.75
 
 
-def load_splits(mode: str, dilation: int) -> dict:
-    """Per split and volume: (slices, truth, padded slices, padded context image or None)."""
+def load_splits(mode: str, dilation: int, context_pad: str) -> dict:
+    """Per split and volume: (slices, truth, padded slices, padded context image or None).
+
+    ``context_pad``: how the context image extends past the slice (``reflect``: mirrored, as
+    the dense read-out pads the slices; ``zero``: nothing there, so the edge stays visible).
+    """
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train")
     dm = instantiate(cfg.data)
@@ -64,7 +69,10 @@ def load_splits(mode: str, dilation: int) -> dict:
             if mode == "context":
                 smooth = ndi.gaussian_filter(x, (0, dilation / 2, dilation / 2))
                 pad = dilation * HALF
-                context = np.pad(smooth, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
+                width = ((0, 0), (pad, pad), (pad, pad))
+                context = np.pad(
+                    smooth, width, mode="reflect" if context_pad == "reflect" else "constant"
+                )
             volumes.append((x, truth, padded, context))
         data[split] = volumes
     return data
@@ -204,13 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("single", "context"))
     parser.add_argument("--dilation", type=int, default=4)
+    parser.add_argument("--context-pad", choices=("reflect", "zero"), default="reflect")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/context_patch_check"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    data = load_splits(args.mode, args.dilation)
+    data = load_splits(args.mode, args.dilation, args.context_pad)
     pos, neg = training_centres(data["train"])
     print(f"training centres: {len(pos)} tumour, {len(neg)} background", flush=True)
     n_in = N * N * (2 if args.mode == "context" else 1)
@@ -222,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     truths = {s: [v[1] for v in data[s]] for s in ("val", "test")}
     result = {"mode": args.mode, "dilation": args.dilation, "seed": args.seed}
+    if args.mode == "context":
+        result["context_pad"] = args.context_pad
     result |= choose_and_score(probs, truths)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "context_patch_check.jsonl", "a") as f:
