@@ -10,12 +10,14 @@ A prototype outside the penn pipeline, so both arms are trained and read out the
 - training centres: every second pixel of each training slice at least 16 px from its edge,
   labelled by the centre pixel (the default rule); each epoch all tumour centres and 1.5 times
   as many background centres (0.6 / 0.4), 75 % of them the highest-scoring of 200,000 random
-  background centres after epoch 0 (hard negatives, as `model.finetune.hard_negatives`);
+  background centres after epoch 0 (hard negatives: `model.finetune.hard_negatives` of the
+  phantom's tuning file, read from `conf/`);
 - `single`: the 32 x 32 patch around each centre (1,024 inputs), as PENN;
 - `context`: the same plus 32 x 32 samples taken every `dilation` px from the slice smoothed by a
   Gaussian of `dilation / 2` px (2,048 inputs: 16 mm and 64 mm of view at dilation 4);
 - network 1024 (or 2048)-200-200-200-1 with sigmoid units, no pretraining, Adam 1e-3, batches of
-  128, 8 epochs, penn's default augmentation (gamma 0.8-1.25, scale 0.9-1.1, noise 0.01);
+  128, `model.finetune.epochs` (8) epochs, the `data.augment` ranges (gamma 0.8-1.25, scale
+  0.9-1.1, noise 0.01; no clip to [0, 1] as penn's stream does);
 - read-out: the patch grid at stride 2 as convolutions (the context part dilated), bilinear to
   pixels, a Gaussian of 2 px (the default centre read-out);
 - decision: threshold (0.05-0.99) and min_size (0, 250, 1000 voxels; `penn.inference.postprocess`)
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import DictConfig
 from scipy import ndimage as ndi
 from torch import nn
 
@@ -45,11 +48,16 @@ from penn.evaluation import class_map
 from penn.inference import postprocess
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-N, HALF, BATCH, EPOCHS, POOL, HARD = 32, 16, 128, 8, 200_000, 0.75
+N, HALF, BATCH = (
+    32,
+    16,
+    128,
+)  # the prototype's patch size and batch (penn: data.loader.batch_size 64)
 
 
-def load_splits(mode: str, dilation: int, context_pad: str) -> dict:
-    """Per split and volume: (slices, truth, padded slices, padded context image or None).
+def load_splits(mode: str, dilation: int, context_pad: str) -> tuple[dict, DictConfig]:
+    """(per split and volume: (slices, truth, padded slices, padded context image or None),
+    the default training config, whose augmentation, mining, epochs and read-out it follows).
 
     ``context_pad``: how the context image extends past the slice (``reflect``: mirrored, as
     the dense read-out pads the slices; ``zero``: nothing there, so the edge stays visible).
@@ -75,7 +83,7 @@ def load_splits(mode: str, dilation: int, context_pad: str) -> dict:
                 )
             volumes.append((x, truth, padded, context))
         data[split] = volumes
-    return data
+    return data, cfg
 
 
 def training_centres(volumes: list) -> tuple[np.ndarray, np.ndarray]:
@@ -113,23 +121,28 @@ class PatchCutter:
         return torch.cat([t.reshape(len(rows), -1) for t in out], 1)
 
 
-def augment(x: torch.Tensor) -> torch.Tensor:
-    gamma = torch.empty(len(x), 1).uniform_(np.log(0.8), np.log(1.25)).exp()
-    scale = torch.empty(len(x), 1).uniform_(0.9, 1.1)
-    return (x.clamp(min=0) ** gamma) * scale + 0.01 * torch.randn_like(x)
+def augment(x: torch.Tensor, ranges: DictConfig) -> torch.Tensor:
+    """``data.augment``'s gamma, scale and noise, drawn as ``penn.datamodule.augment_patches``
+    draws them (without its final clip to [0, 1])."""
+    gamma = torch.empty(len(x), 1).uniform_(*np.log(ranges.gamma)).exp()
+    scale = torch.empty(len(x), 1).uniform_(*ranges.scale)
+    return (x.clamp(min=0) ** gamma) * scale + ranges.noise_std * torch.randn_like(x)
 
 
 def train(net: nn.Module, cut: PatchCutter, pos: np.ndarray, neg: np.ndarray,
-          rng: np.random.Generator) -> None:  # fmt: skip
+          rng: np.random.Generator, cfg: DictConfig) -> None:  # fmt: skip
+    mining = cfg.model.finetune.hard_negatives
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     n_neg = int(len(pos) * 0.6 / 0.4)
-    for epoch in range(EPOCHS):
+    for epoch in range(cfg.model.finetune.epochs):
         start = time.time()
         if epoch > 0:
-            pool = neg[rng.choice(len(neg), POOL, replace=False)]
+            pool = neg[rng.choice(len(neg), mining.pool, replace=False)]
             with torch.no_grad():
-                scores = torch.cat([net(cut(pool[i : i + 8192])) for i in range(0, POOL, 8192)])
-            k = int(HARD * n_neg)
+                scores = torch.cat(
+                    [net(cut(pool[i : i + 8192])) for i in range(0, len(pool), 8192)]
+                )
+            k = int(mining.fraction * n_neg)
             hard = pool[np.argsort(-scores[:, 0].numpy())[:k]]
             negatives = np.concatenate([hard, neg[rng.choice(len(neg), n_neg - k, replace=False)]])
         else:
@@ -142,7 +155,7 @@ def train(net: nn.Module, cut: PatchCutter, pos: np.ndarray, neg: np.ndarray,
         for i in range(0, len(rows), BATCH):
             y = torch.from_numpy(target[i : i + BATCH])
             loss = F.binary_cross_entropy_with_logits(
-                net(augment(cut(rows[i : i + BATCH])))[:, 0], y
+                net(augment(cut(rows[i : i + BATCH]), cfg.data.augment))[:, 0], y
             )
             opt.zero_grad()
             loss.backward()
@@ -219,13 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    data = load_splits(args.mode, args.dilation, args.context_pad)
+    data, cfg = load_splits(args.mode, args.dilation, args.context_pad)
     pos, neg = training_centres(data["train"])
     print(f"training centres: {len(pos)} tumour, {len(neg)} background", flush=True)
     n_in = N * N * (2 if args.mode == "context" else 1)
     net = nn.Sequential(nn.Linear(n_in, 200), nn.Sigmoid(), nn.Linear(200, 200), nn.Sigmoid(),
                         nn.Linear(200, 200), nn.Sigmoid(), nn.Linear(200, 1))  # fmt: skip
-    train(net, PatchCutter(data["train"], args.dilation), pos, neg, rng)
+    train(net, PatchCutter(data["train"], args.dilation), pos, neg, rng, cfg)
     probs = {
         s: [dense_probabilities(net, v, args.dilation) for v in data[s]] for s in ("val", "test")
     }
