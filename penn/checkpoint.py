@@ -139,6 +139,13 @@ def check_meta(path: str | Path, meta: object) -> None:
             f"{path}: network patch size {net.get('patch_size')} != "
             f"data.patches.size {data['patches']['size']}"
         )
+    if level == "patch" and (net.get("context_dilation") or 0) != (
+        data["patches"].get("context_dilation") or 0
+    ):
+        raise CheckpointError(
+            f"{path}: network context dilation {net.get('context_dilation')} != "
+            f"data.patches.context_dilation {data['patches'].get('context_dilation')}"
+        )
     classes, names = data["classes"], data["class_names"]
     if not classes or len(classes) != len(names):
         raise CheckpointError(f"{path}: {len(classes)} classes but class names {names}")

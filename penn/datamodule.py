@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from penn.balance import class_counts, undersample
+from penn.context import context_image, input_channels
 from penn.io import DataError, Volume, list_cases, read_case, read_dataset_json
 from penn.patches import border_pad, label_patches, pad_slices
 from penn.phantom import PhantomSpec, write_phantom_dataset
@@ -96,7 +97,7 @@ def _rebuild_batch(patches: np.ndarray, targets: np.ndarray) -> PatchBatch:
 
 
 class PatchBatch(tuple):
-    """A batch ``(patches (B, 1, n, n) float32, targets (B,) int64)``: a plain tuple of tensors
+    """A batch ``(patches (B, C, n, n) float32, targets (B,) int64)``: a plain tuple of tensors
     that crosses from a loader worker to the main process by value.
 
     Torch sends tensors between processes as shared-memory file descriptors, one handshake per
@@ -145,51 +146,89 @@ class PatchDataset(Dataset):
             ``flip`` (random mirroring of each patch in both in-plane axes), or None.
         pad: (before, after) pixels added to both in-plane axes of every slice
             (:func:`penn.patches.pad_slices`); ``index`` counts in the padded slices.
+        context_dilation: d > 0: each patch also gets its context patch as a second channel
+            (:mod:`penn.context`), cut from :meth:`context_volume`; 0: the patch alone.
     """
 
     def __init__(self, slices, index, targets, patch_size: int, augment: dict | None,
-                 pad: tuple[int, int] = (0, 0)):  # fmt: skip
+                 pad: tuple[int, int] = (0, 0), context_dilation: int = 0):  # fmt: skip
         self.slices, self.index, self.targets = slices, index, targets
         self.patch_size, self.augment, self.pad = patch_size, augment, tuple(pad)
-        self._offsets: dict[int, np.ndarray] = {}
-        self._flat: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.context_dilation = int(context_dilation)
+        self._offsets: dict[tuple[int, int], np.ndarray] = {}
+        self._flat: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def volume(self, vol: int) -> np.ndarray:
-        """Volume ``vol``'s slices as the patches are cut from them: (S, H', W') float32, padded.
+    @property
+    def channels(self) -> int:
+        """Channels of a patch: 1, or 2 with the context patch."""
+        return input_channels(self.context_dilation)
 
-        Cached until ``slices[vol]`` is replaced (the lesion benchmark gives its training scans
-        new lesions every epoch).
-        """
+    def _cached(self, kind: str, vol: int, make) -> np.ndarray:
+        """``make(slices)`` of volume ``vol``, kept until ``slices[vol]`` is replaced (the lesion
+        benchmark gives its training scans new lesions every epoch)."""
         source = self.slices[vol]
-        cached = self._flat.get(vol)
+        cached = self._flat.get((kind, vol))
         if cached is None or cached[0] is not source:
-            padded = pad_slices(np.asarray(source, np.float32), *self.pad)
-            cached = self._flat[vol] = (source, np.ascontiguousarray(padded))
+            made = np.ascontiguousarray(make(np.asarray(source, np.float32)), dtype=np.float32)
+            cached = self._flat[(kind, vol)] = (source, made)
         return cached[1]
 
-    def _cut(self, vol: int, rows: np.ndarray) -> np.ndarray:
-        """Patches (k, n, n) of one volume: one ``np.take`` from its flat slices.
+    def volume(self, vol: int) -> np.ndarray:
+        """Volume ``vol``'s slices as the patches are cut from them: (S, H', W') float32, padded."""
+        return self._cached("patch", vol, lambda x: pad_slices(x, *self.pad))
 
-        Same values as :func:`penn.patches.gather_patches`, with the n x n offsets of the
-        volume's row length computed once.
+    def context_volume(self, vol: int) -> np.ndarray:
+        """Volume ``vol``'s context image (S, H'', W''), :func:`penn.context.context_image`."""
+        d, n = self.context_dilation, self.patch_size
+        return self._cached(
+            "context",
+            vol,
+            lambda x: context_image(torch.from_numpy(x)[:, None], d, n)[:, 0].numpy(),
+        )
+
+    def sources(self) -> list[tuple[str, int, int]]:
+        """Per channel: (kind, shift, step). A patch's channel is the n x n values ``step``
+        pixels apart from (y + shift, x + shift) of that kind's volume, (y, x) its index row.
+
+        The context of the patch with padded corner y is centred on pixel
+        ``y - pad_before + n // 2`` of the slice, which is element
+        ``y - pad_before + n // 2`` of the context image (sample 0 of it).
         """
-        slices = self.volume(vol)
-        _, height, width = slices.shape
-        flat = slices.reshape(-1)
-        offsets = self._offsets.get(width)
-        if offsets is None:
-            n = np.arange(self.patch_size)
-            offsets = self._offsets[width] = n[:, None] * width + n[None, :]
-        corner = (rows[:, 1].astype(np.int64) * height + rows[:, 2]) * width + rows[:, 3]
-        return np.take(flat, corner[:, None, None] + offsets)
+        out = [("patch", 0, 1)]
+        if self.context_dilation > 0:
+            out.append(("context", self.patch_size // 2 - self.pad[0], self.context_dilation))
+        return out
+
+    def _source(self, kind: str, vol: int) -> np.ndarray:
+        return self.volume(vol) if kind == "patch" else self.context_volume(vol)
+
+    def _cut(self, vol: int, rows: np.ndarray) -> np.ndarray:
+        """Patches (k, C, n, n) of one volume: one ``np.take`` per channel from its flat slices.
+
+        Channel 0 holds the same values as :func:`penn.patches.gather_patches`; the n x n
+        offsets of each row length and step are computed once.
+        """
+        out = []
+        for kind, shift, step in self.sources():
+            slices = self._source(kind, vol)
+            _, height, width = slices.shape
+            offsets = self._offsets.get((width, step))
+            if offsets is None:
+                n = np.arange(self.patch_size) * step
+                offsets = self._offsets[(width, step)] = n[:, None] * width + n[None, :]
+            y, x = rows[:, 2].astype(np.int64) + shift, rows[:, 3].astype(np.int64) + shift
+            corner = (rows[:, 1].astype(np.int64) * height + y) * width + x
+            out.append(np.take(slices.reshape(-1), corner[:, None, None] + offsets))
+        return np.stack(out, axis=1)
 
     def patches(self, indices) -> torch.Tensor:
-        """The patches at ``indices`` as they are, without augmentation: (B, 1, n, n) float32."""
+        """The patches at ``indices`` as they are, without augmentation: (B, C, n, n) float32."""
         rows = self.index[np.asarray(indices)]
-        patches = np.empty((len(rows), self.patch_size, self.patch_size), dtype=np.float32)
+        n = self.patch_size
+        patches = np.empty((len(rows), self.channels, n, n), dtype=np.float32)
         vols = rows[:, 0]
         if len(rows) and (vols == vols[0]).all():
             patches[:] = self._cut(int(vols[0]), rows)
@@ -197,7 +236,7 @@ class PatchDataset(Dataset):
             for vol in np.unique(vols):
                 sel = np.flatnonzero(vols == vol)
                 patches[sel] = self._cut(int(vol), rows[sel])
-        return torch.from_numpy(patches).unsqueeze(1)
+        return torch.from_numpy(patches)
 
     def __getitems__(self, indices: list[int]) -> PatchBatch:
         indices = np.asarray(indices)
@@ -219,8 +258,8 @@ def augment_patches(x: torch.Tensor, augment: dict,
                     generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
     """Per-patch gamma, contrast scale, noise and optional flips (robustness, more variety).
 
-    ``x`` (B, 1, n, n) on any device; random draws from ``generator`` (on that device) or, by
-    default, torch's global generator.
+    ``x`` (B, C, n, n) on any device (a patch's channels share its gamma, scale and flips);
+    random draws from ``generator`` (on that device) or, by default, torch's global generator.
     """
     n, dev, g = x.shape[0], x.device, generator
     g0, g1 = augment["gamma"]
@@ -238,9 +277,10 @@ def augment_patches(x: torch.Tensor, augment: dict,
 class DevicePatchLoader:
     """Training batches cut and augmented on the training device (``data.loader.on_device``).
 
-    The split's preprocessed slices are copied to the device once, as one flat tensor (about
-    0.5 GB for lumbar-vb's 11 training scans); each batch is then one gather of B x n x n values
-    at the sampler's patch corners, followed by the augmentation, all on the device. A small
+    The split's preprocessed slices (and context images) are copied to the device once, as one
+    flat tensor each (about 0.5 GB for lumbar-vb's 11 training scans); each batch is then one
+    gather of B x n x n values per channel at the sampler's patch corners, followed by the
+    augmentation, all on the device. A small
     network on a GPU, stepped with the paper's batches of 64, is otherwise held back by cutting
     patches on the host and copying them over. Same patches, classes, order and epoch length as
     :class:`PatchLoader` with the same sampler; the augmentation draws come from a device
@@ -261,18 +301,27 @@ class DevicePatchLoader:
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
         self.steps_per_batch = int(steps_per_batch)
         self.device, self.seed, self.drop_last = torch.device(device), int(seed), drop_last
-        volumes = [dataset.volume(v) for v in range(len(dataset.slices))]
-        shapes = np.array([s.shape for s in volumes], dtype=np.int64)  # (V, 3)
-        base = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))[:-1]])
         index = dataset.index.astype(np.int64)
-        height, width = shapes[index[:, 0], 1], shapes[index[:, 0], 2]
-        corner = base[index[:, 0]] + (index[:, 1] * height + index[:, 2]) * width + index[:, 3]
-        flat = [s.reshape(-1) for s in volumes]
-        self.flat = torch.from_numpy(np.concatenate(flat)).to(self.device)
-        self.corner = torch.from_numpy(corner).to(self.device)
-        self.width = torch.from_numpy(width).to(self.device)
+        self.channels = []  # per channel: (flat volumes, corner per row, width per row, step)
+        for kind, shift, step in dataset.sources():
+            volumes = [dataset._source(kind, v) for v in range(len(dataset.slices))]
+            shapes = np.array([s.shape for s in volumes], dtype=np.int64)  # (V, 3)
+            base = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))[:-1]])
+            height, width = shapes[index[:, 0], 1], shapes[index[:, 0], 2]
+            y, x = index[:, 2] + shift, index[:, 3] + shift
+            corner = base[index[:, 0]] + (index[:, 1] * height + y) * width + x
+            flat = torch.from_numpy(np.concatenate([s.reshape(-1) for s in volumes]))
+            self.channels.append((flat.to(self.device), torch.from_numpy(corner).to(self.device),
+                                  torch.from_numpy(width).to(self.device), step))  # fmt: skip
         self.targets = torch.from_numpy(dataset.targets.astype(np.int64)).to(self.device)
         self.steps = torch.arange(dataset.patch_size, device=self.device)
+
+    def _cut(self, rows: torch.Tensor, flat, corner, width, step: int) -> torch.Tensor:
+        """One channel of the patches at ``rows``: (B, n, n), one gather on the device."""
+        width = width[rows, None, None]
+        steps = self.steps * step
+        offsets = steps[:, None] * width + steps[None, :]  # (B, n, n)
+        return flat[corner[rows, None, None] + offsets]
 
     def _steps(self) -> int:
         full, rest = divmod(len(self.sampler), self.batch_size)
@@ -290,9 +339,7 @@ class DevicePatchLoader:
         end = min(len(order), self._steps() * self.batch_size)
         for start in range(0, end, rows_per_batch):
             rows = order[start : min(start + rows_per_batch, end)]
-            width = self.width[rows, None, None]
-            offsets = self.steps[:, None] * width + self.steps[None, :]  # (B, n, n)
-            x = self.flat[self.corner[rows, None, None] + offsets].unsqueeze(1)
+            x = torch.stack([self._cut(rows, *channel) for channel in self.channels], dim=1)
             if augment:
                 x = augment_patches(x, augment, generator)
             yield x, self.targets[rows]
@@ -372,8 +419,9 @@ class PatchDataModule(L.LightningDataModule):
         plane: anatomical plane of the 2D slices (``sagittal``, ``coronal``, ``axial``).
         target: ``all`` (every labelled class, softmax head) or a key of ``targets``.
         targets: binary targets, each the label values that make up the positive class.
-        patches: ``size``, ``stride``, ``rule`` and ``threshold`` of the PE module, and
-            ``pad_borders`` (centre rule: training patches centred on border pixels too).
+        patches: ``size``, ``stride``, ``rule`` and ``threshold`` of the PE module,
+            ``pad_borders`` (centre rule: training patches centred on border pixels too) and
+            ``context_dilation`` (d > 0: a context patch as second channel, :mod:`penn.context`).
         balance_ratio: share of the majority class after undersampling the training split.
         resample_each_epoch: draw a new undersampled subset of the majority class every epoch.
         split: ``val`` and ``test`` fractions and the ``seed`` of the split by volume.
@@ -500,6 +548,11 @@ class PatchDataModule(L.LightningDataModule):
         return [to_slices(v.labels, self.plane) for v in self.splits[split].volumes]
 
     @property
+    def context_dilation(self) -> int:
+        """``patches.context_dilation``: d > 0 adds a context patch to each patch (0: none)."""
+        return int(self.patch_cfg.get("context_dilation", 0) or 0)
+
+    @property
     def pad(self) -> tuple[int, int]:
         """Padding of the training slices: :func:`~penn.patches.border_pad` with
         ``patches.pad_borders`` and the centre rule, so that border pixels centre training
@@ -542,9 +595,8 @@ class PatchDataModule(L.LightningDataModule):
                 "patches (slices smaller than a patch?)"
             )
         augment = self.augment if name == "train" else None
-        return PatchDataset(
-            split.slices, index, targets, self.patch_cfg["size"], augment, pad=self.pad
-        )
+        return PatchDataset(split.slices, index, targets, self.patch_cfg["size"], augment,
+                            pad=self.pad, context_dilation=self.context_dilation)  # fmt: skip
 
     def _balanced_sampler(self, dataset: PatchDataset) -> BalancedSampler:
         """Training sampler (paper step 4, T1MRI); logs the class counts before and after."""

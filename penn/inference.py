@@ -28,9 +28,11 @@ from skimage import measure, morphology
 from torch import nn
 from tqdm.auto import tqdm
 
+from penn.context import context_image, gaussian_blur
 from penn.models.sparse_ae import StackedSparseAutoencoder
 
 __all__ = [
+    "FullyConvolutional",
     "to_fully_convolutional",
     "patch_logits",
     "classify_unfolded",
@@ -71,31 +73,60 @@ class StackedRowsConv(nn.Module):
         return F.conv2d(rows, self.weight, self.bias, stride=(1, self.stride))
 
 
+class FullyConvolutional(nn.Module):
+    """A patch network's convolutional twin: the first layer over the slice (plus, with a context
+    patch, a dilated convolution over the context image), then 1 x 1 layers.
+
+    ``forward(x (B, 1, H, W), context (B, 1, H', W') or None)`` -> logits (B, K, ny, nx); the
+    context image is :func:`penn.context.context_image` for the same grid of centres.
+    """
+
+    def __init__(self, first: nn.Module, context: nn.Conv2d | None, rest: nn.Sequential):
+        super().__init__()
+        self.first, self.context, self.rest = first, context, rest
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.first(x)
+        if self.context is not None:
+            if context is None:
+                raise ValueError("this network takes a context image (penn.context.context_image)")
+            z = z + self.context(context)[:, :, : z.shape[2], : z.shape[3]]
+        return self.rest(z)
+
+
 def to_fully_convolutional(net: StackedSparseAutoencoder, stride: int,
-                           stacked_rows: bool = False) -> nn.Sequential:  # fmt: skip
+                           stacked_rows: bool = False) -> FullyConvolutional:  # fmt: skip
     """Rewrites the patch network as convolutions: n x n (stride s), then 1 x 1 layers.
 
     The first encoder's weight (h, n*n) is reshaped to (h, 1, n, n): patches are flattened row by
-    row, which is the layout of a convolution kernel. Output: logits (B, n_outputs, ny, nx).
-    ``stacked_rows``: the first layer as :class:`StackedRowsConv` (the same function; faster on
-    a GPU).
+    row, which is the layout of a convolution kernel. With a context patch its second n*n
+    columns become a convolution of dilation d over the context image. Output: logits
+    (B, n_outputs, ny, nx). ``stacked_rows``: the first layer as :class:`StackedRowsConv` (the
+    same function; faster on a GPU).
     """
-    n = net.patch_size
-    layers: list[nn.Module] = []
-    for i, stage in enumerate(net.stages):
+    n, d = net.patch_size, net.context_dilation
+    first = net.stages[0].encoder
+    hidden = first.out_features
+    weight = first.weight.data.view(hidden, net.in_channels, n, n)
+    conv = nn.Conv2d(1, hidden, n, stride=stride)
+    conv.weight.data.copy_(weight[:, :1])
+    conv.bias.data.copy_(first.bias.data)
+    context = None
+    if d > 0:
+        context = nn.Conv2d(1, hidden, n, stride=stride, dilation=d, bias=False)
+        context.weight.data.copy_(weight[:, 1:])
+    layers: list[nn.Module] = [nn.Sigmoid()]
+    for stage in net.stages[1:]:
         lin = stage.encoder
-        if i == 0:
-            conv = nn.Conv2d(1, lin.out_features, n, stride=stride)
-            conv.weight.data.copy_(lin.weight.data.view(lin.out_features, 1, n, n))
-        else:
-            conv = nn.Conv2d(lin.in_features, lin.out_features, 1)
-            conv.weight.data.copy_(lin.weight.data[:, :, None, None])
-        conv.bias.data.copy_(lin.bias.data)
-        layers += [StackedRowsConv(conv) if i == 0 and stacked_rows else conv, nn.Sigmoid()]
+        layer = nn.Conv2d(lin.in_features, lin.out_features, 1)
+        layer.weight.data.copy_(lin.weight.data[:, :, None, None])
+        layer.bias.data.copy_(lin.bias.data)
+        layers += [layer, nn.Sigmoid()]
     head = nn.Conv2d(net.head.in_features, net.head.out_features, 1)
     head.weight.data.copy_(net.head.weight.data[:, :, None, None])
     head.bias.data.copy_(net.head.bias.data)
-    return nn.Sequential(*layers, head).eval()
+    first_layer = StackedRowsConv(conv) if stacked_rows else conv
+    return FullyConvolutional(first_layer, context, nn.Sequential(*layers, head)).eval()
 
 
 def _pad_amount(length: int, patch_size: int, stride: int) -> int:
@@ -153,21 +184,6 @@ def _centre_readout(grid: torch.Tensor, stride: int, height: int, width: int) ->
         size = ((grid.shape[2] - 1) * stride + 1, (grid.shape[3] - 1) * stride + 1)
         grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=True)
     return grid[:, :, :height, :width]
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian filter of (B, K, H, W) over H and W (reflected edges, 3 sigma)."""
-    if sigma <= 0:
-        return x
-    radius = max(1, min(int(3 * sigma + 0.5), x.shape[2] - 1, x.shape[3] - 1))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    b, k, h, w = x.shape
-    y = F.pad(x.reshape(b * k, 1, h, w), (radius, radius, radius, radius), mode="reflect")
-    y = F.conv2d(y, kernel.view(1, 1, 1, -1))
-    y = F.conv2d(y, kernel.view(1, 1, -1, 1))
-    return y.reshape(b, k, h, w)
 
 
 _POOL: dict = {}  # the worker threads of _parallel, kept warm between calls: {(pid, n): pool}
@@ -238,20 +254,27 @@ class _RowsEngine:
         if first_layer not in ("gemm", "conv"):
             raise ValueError(f"first_layer={first_layer!r}: use 'gemm' or 'conv'")
         self.n, self.stride, self.first_layer = net.patch_size, stride, first_layer
+        self.dilation, self.channels = net.context_dilation, net.in_channels
         self.chunk_positions, self.threads = max(1, int(chunk_positions)), max(1, int(threads))
         linears = [stage.encoder for stage in net.stages] + [net.head]
         self.layers = [(lin.weight.detach().t().contiguous(), lin.bias.detach()) for lin in linears]
         first = linears[0].weight.detach()
-        self.conv_weight = first.reshape(first.shape[0], 1, self.n, self.n).contiguous(
-            memory_format=torch.channels_last
+        kernels = first.reshape(first.shape[0], self.channels, self.n, self.n)
+        self.conv_weight, self.context_weight = (
+            kernels[:, c : c + 1].contiguous(memory_format=torch.channels_last)
+            for c in (0, self.channels - 1)
         )
         self.n_outputs = linears[-1].out_features
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K, ny, nx) of every grid patch of x (B, 1, H, W)."""
+    def __call__(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, K, ny, nx) of every grid patch of x (B, 1, H, W) (and of the context image
+        (B, 1, H', W') for the same grid, when the network has a context patch)."""
         n, s = self.n, self.stride
         ny, nx = (x.shape[2] - n) // s + 1, (x.shape[3] - n) // s + 1
+        if (context is None) != (self.dilation == 0):
+            raise ValueError("a context image goes with, and only with, a context-patch network")
         x = x.contiguous()
+        context = None if context is None else context.contiguous()
         out = x.new_empty(x.shape[0], ny, nx, self.n_outputs)
         # bands of equal height (at most chunk_positions patches), a multiple of the thread
         # count per slice where there are rows enough, so that no thread waits for a short band
@@ -261,7 +284,8 @@ class _RowsEngine:
         edges = np.linspace(0, ny, n_bands + 1).round().astype(int)
         bands = [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
         jobs = [(b, r0, r1) for b in range(x.shape[0]) for r0, r1 in bands]
-        _parallel(jobs, lambda job, scratch: self._band(x, out, *job, scratch), self.threads)
+        work = lambda job, scratch: self._band(x, context, out, *job, scratch)  # noqa: E731
+        _parallel(jobs, work, self.threads)
         return out.permute(0, 3, 1, 2)
 
     def _buffer(self, scratch: dict, name: str, rows: int, cols: int) -> torch.Tensor:
@@ -270,19 +294,30 @@ class _RowsEngine:
             buf = scratch[name] = torch.empty(rows, cols)
         return buf[:rows]
 
-    def _band(self, x, out, b: int, r0: int, r1: int, scratch: dict) -> None:
-        n, s = self.n, self.stride
+    def _band(self, x, context, out, b: int, r0: int, r1: int, scratch: dict) -> None:
+        n, s, d = self.n, self.stride, self.dilation
         nx, width = out.shape[2], x.shape[3]
         m = (r1 - r0) * nx
         (w0, b0), *rest = self.layers
         if self.first_layer == "gemm":
-            cols = self._buffer(scratch, "cols", m, n * n)
+            cols = self._buffer(scratch, "cols", m, self.channels * n * n)
+            patches = cols.view(r1 - r0, nx, self.channels, n, n)
             band = x[b, 0, r0 * s :].as_strided((r1 - r0, nx, n, n), (s * width, s, width, 1))
-            cols.view(r1 - r0, nx, n, n).copy_(band)
+            patches[:, :, 0].copy_(band)
+            if context is not None:  # the context samples: the same grid, d pixels apart
+                cw = context.shape[3]
+                band = context[b, 0, r0 * s :].as_strided((r1 - r0, nx, n, n),
+                                                          (s * cw, s, d * cw, d))  # fmt: skip
+                patches[:, :, 1].copy_(band)
             h = torch.addmm(b0, cols, w0, out=self._buffer(scratch, "h0", m, w0.shape[1]))
         else:
             band = x[b : b + 1, :, r0 * s : (r1 - 1) * s + n]
-            h = F.conv2d(band, self.conv_weight, b0, stride=s).permute(0, 2, 3, 1).reshape(m, -1)
+            z = F.conv2d(band, self.conv_weight, b0, stride=s)
+            if context is not None:
+                band = context[b : b + 1, :, r0 * s : (r1 - 1) * s + d * (n - 1) + 1]
+                zc = F.conv2d(band, self.context_weight, stride=s, dilation=d)
+                z = z + zc[:, :, :, :nx]
+            h = z.permute(0, 2, 3, 1).reshape(m, -1)
         h.sigmoid_()
         for i, (w, bias) in enumerate(rest[:-1]):
             h = torch.addmm(bias, h, w, out=self._buffer(scratch, f"h{1 + i % 2}", m, w.shape[1]))
@@ -295,23 +330,31 @@ ENGINES = ("auto", "rows", "rows_conv", "fcn", "fcn_stacked", "unfold")
 AGGREGATES = ("mean", "center")  # patch grid -> pixel probabilities (see segment_slices)
 
 
-def classify_unfolded(
-    net: nn.Module, x: torch.Tensor, stride: int, batch_patches: int
-) -> torch.Tensor:
+def classify_unfolded(net: nn.Module, x: torch.Tensor, stride: int, batch_patches: int,
+                      context: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """Logits (B, K, ny, nx) of any patch classifier on every grid patch of x (B, 1, H, W).
 
     Patches are unfolded at ``stride`` (row-major grid, corner (i * stride, j * stride)) and
-    classified ``batch_patches`` at a time.
+    classified ``batch_patches`` at a time. A network with a context patch
+    (``context_dilation`` d > 0) also gets the context image of the same grid
+    (:func:`penn.context.context_image`), unfolded with dilation d as the second channel.
     """
-    n = net.patch_size
+    n, d = net.patch_size, getattr(net, "context_dilation", 0)
+    if (context is None) != (d == 0):
+        raise ValueError("a context image goes with, and only with, a context-patch network")
     ny, nx = (x.shape[2] - n) // stride + 1, (x.shape[3] - n) // stride + 1
     patches = F.unfold(x, n, stride=stride).transpose(1, 2).reshape(-1, 1, n, n)  # (B*L, 1, n, n)
+    if context is not None:
+        cy, cx = ((size - d * (n - 1) - 1) // stride + 1 for size in context.shape[2:])
+        samples = F.unfold(context, n, dilation=d, stride=stride).view(-1, n * n, cy, cx)
+        samples = samples[:, :, :ny, :nx].flatten(2).transpose(1, 2).reshape(-1, 1, n, n)
+        patches = torch.cat([patches, samples], dim=1)  # (B*L, 2, n, n)
     logits = torch.cat([net(chunk) for chunk in patches.split(batch_patches)])
     return logits.reshape(x.shape[0], ny, nx, -1).permute(0, 3, 1, 2)
 
 
 def patch_logits(net: nn.Module, stride: int, batch_patches: int):
-    """A function x (B, 1, H, W) -> logits (B, K, ny, nx) over the patch grid at ``stride``.
+    """A function (x (B, 1, H, W), context=None) -> logits (B, K, ny, nx) over the patch grid.
 
     A :class:`StackedSparseAutoencoder` runs as its fully convolutional twin; any other patch
     classifier with a ``patch_size`` attribute, input (B, 1, n, n) and output (B, K), classifies
@@ -319,13 +362,14 @@ def patch_logits(net: nn.Module, stride: int, batch_patches: int):
     """
     if isinstance(net, StackedSparseAutoencoder):
         return to_fully_convolutional(net, stride).to(next(net.parameters()).device)
-    return lambda x: classify_unfolded(net, x, stride, batch_patches)
+    return lambda x, context=None: classify_unfolded(net, x, stride, batch_patches, context)
 
 
 def _dense_logits(net: nn.Module, stride: int, device: torch.device, engine: str,
                   batch_patches: int, chunk_positions: int, threads: int | None,
                   autocast_dtype: torch.dtype | None):  # fmt: skip
-    """The function x (B, 1, H, W) -> logits (B, K, ny, nx) that ``engine`` names."""
+    """The function (x (B, 1, H, W), context image or None) -> logits (B, K, ny, nx) that
+    ``engine`` names."""
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}: use one of {ENGINES}")
     is_penn = isinstance(net, StackedSparseAutoencoder)
@@ -342,14 +386,16 @@ def _dense_logits(net: nn.Module, stride: int, device: torch.device, engine: str
         first_layer = "gemm" if engine == "rows" else "conv"
         return _RowsEngine(net, stride, chunk_positions, threads, first_layer)
     if engine == "unfold":
-        return lambda x: classify_unfolded(net, x, stride, batch_patches)
+        return lambda x, context=None: classify_unfolded(net, x, stride, batch_patches, context)
     fcn = to_fully_convolutional(net, stride, stacked_rows=engine == "fcn_stacked")
     fcn = fcn.to(device, memory_format=torch.channels_last)
 
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
+        if context is not None:
+            context = context.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return fcn(x).float()
+            return fcn(x, context).float()
 
     return run
 
@@ -441,6 +487,9 @@ def segment_slices(
         ny, nx = (height + pad_y - n) // stride + 1, (width + pad_x - n) // stride + 1
         pads = (0, pad_x, 0, pad_y)
     mode = "reflect" if max(pads[:2]) < width and max(pads[2:]) < height else "replicate"
+    dilation = getattr(net, "context_dilation", 0)
+    first_centre = 0 if aggregate == "center" else n // 2  # centre pixel of grid patch 0
+    last_centre = ((ny - 1) * stride + first_centre, (nx - 1) * stride + first_centre)
     out: list[np.ndarray] | None = None
     copy_back = _CopyBack(device)
     batches = range(0, n_slices, batch_slices)
@@ -449,11 +498,14 @@ def segment_slices(
         if pin_memory and device.type == "cuda":
             batch = batch.pin_memory()
         x = batch.to(device, non_blocking=pin_memory)[:, None]
+        context = None
+        if dilation:  # the context patches of the same grid (penn.context)
+            context = context_image(x, dilation, n, first_centre, last_centre)
         x = F.pad(x, pads, mode=mode)
-        logits = classify(x)
+        logits = classify(x, context)
         probs = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
         if aggregate == "center":
-            pixel = _gaussian_blur(_centre_readout(probs, stride, height, width), center_sigma)
+            pixel = gaussian_blur(_centre_readout(probs, stride, height, width), center_sigma)
             probs = probs[:, :, head // stride :, head // stride :]  # the unpadded patch grid
         else:
             pixel = _spread_mean(probs, n, stride, height, width)

@@ -68,6 +68,17 @@ def make_datamodule(cfg: DictConfig):
     )
 
 
+def check_context_patch(cfg: DictConfig, net, dm) -> None:
+    """Refuses a context patch (``data.patches.context_dilation``) the network would not see."""
+    wanted = getattr(dm, "context_dilation", 0) if model_info(cfg)["level"] == "patch" else 0
+    if wanted != getattr(net, "context_dilation", 0):
+        raise ValueError(
+            f"data.patches.context_dilation={wanted}: model={cfg.model.name} takes "
+            f"{'the patch alone' if wanted else 'a context patch'}; the context patch is a "
+            "PENN option (model=penn, whose net reads data.patches.context_dilation)"
+        )
+
+
 def pretrain(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]) -> None:
     """Greedy layer-wise pretraining, one ``Trainer.fit`` per stage (PAPER.md step 6)."""
     phase, first_stage, ckpt = resume
@@ -218,6 +229,7 @@ def train(cfg: DictConfig) -> float:
     dm.prepare_data()
     dm.setup("fit")
     net = instantiate(cfg.model.net, n_outputs=dm.n_outputs)
+    check_context_patch(cfg, net, dm)
     loggers = make_loggers(cfg)
     try:
         resume = resume_phase(cfg.ckpt_path)

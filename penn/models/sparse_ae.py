@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from penn.context import input_channels
+
 __all__ = ["SparseAutoencoder", "StackedSparseAutoencoder", "kl_sparsity", "l2_weights"]
 
 
@@ -74,28 +76,34 @@ class StackedSparseAutoencoder(nn.Module):
     """PENN: a stack of sparse-autoencoder encoders and a classification head on patches.
 
     Args:
-        patch_size: patch side n; the input has n*n features, flattened row by row.
+        patch_size: patch side n; the input has n*n features per channel, flattened row by row.
         n_layers: number of hidden layers (paper: 3).
         n_nodes: units per hidden layer (paper: 200).
         n_outputs: 1 (sigmoid, binary target) or the number of classes (softmax).
+        context_dilation: d > 0: each patch comes with a second channel, its context patch
+            (:mod:`penn.context`), so the first layer has 2 n*n inputs; 0: the patch alone.
     """
 
-    def __init__(self, patch_size: int, n_layers: int, n_nodes: int, n_outputs: int):
+    def __init__(self, patch_size: int, n_layers: int, n_nodes: int, n_outputs: int,
+                 context_dilation: int = 0):  # fmt: skip
         super().__init__()
-        self.patch_size = patch_size
-        sizes = [patch_size * patch_size] + [n_nodes] * n_layers
+        if context_dilation < 0:
+            raise ValueError(f"context_dilation must be >= 0, got {context_dilation}")
+        self.patch_size, self.context_dilation = patch_size, int(context_dilation)
+        self.in_channels = input_channels(self.context_dilation)
+        sizes = [self.in_channels * patch_size * patch_size] + [n_nodes] * n_layers
         self.stages = nn.ModuleList(
             SparseAutoencoder(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
         self.head = nn.Linear(sizes[-1], n_outputs)
 
     def encode(self, x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
-        """Codes after the first ``depth`` encoders (all when None); x: (B, 1, n, n) or (B, n*n)."""
+        """Codes after the first ``depth`` encoders (all if None); x: (B, C, n, n) or (B, C*n*n)."""
         h = x.flatten(1)
         for stage in self.stages[:depth]:
             h = stage.encode(h)
         return h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, n_outputs) of patches (B, 1, n, n)."""
+        """Logits (B, n_outputs) of patches (B, C, n, n) (C = ``in_channels``)."""
         return self.head(self.encode(x))
