@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,12 +41,22 @@ def make_trainer(cfg: DictConfig, phase: str, max_epochs: int, loggers: list[Log
         dirpath=str(dirpath),
         **({} if monitored else {"monitor": None, "filename": "epoch{epoch:03d}"}),
     )
+    checkpoints = [checkpoint]
+    if monitored and checkpoint.save_last:
+        # Lightning (2.6) writes last.ckpt only in an epoch that also wrote a top-k checkpoint,
+        # so after an epoch whose validation loss did not improve it would be stale, and a run
+        # resumed from it would redo that epoch. A second callback writes it after every epoch.
+        checkpoint.save_last = False
+        checkpoints.append(
+            ModelCheckpoint(dirpath=str(dirpath), filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                            monitor=None, save_top_k=1, enable_version_counter=False)
+        )  # fmt: skip
     extra = [instantiate(node) for node in (cfg.callbacks.get("extra") or {}).values() if node]
     return instantiate(
         cfg.trainer,
         max_epochs=max_epochs,
         logger=loggers or False,
-        callbacks=[checkpoint, *extra, *callbacks],
+        callbacks=[*checkpoints, *extra, *callbacks],
     )
 
 

@@ -167,3 +167,20 @@ def test_grouped_steps_run_end_to_end_and_count_every_step(tmp_path):
         ckpt = torch.load(tmp_path / "checkpoints" / phase / "last.ckpt", weights_only=False)
         assert ckpt["global_step"] == 2 * 5 * 2, phase  # epochs x batches x steps per batch
     assert json.loads((tmp_path / "metrics.json").read_text())["test/pixel/dice"] >= 0.0
+
+
+def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
+    """With the learning rate at 0 the validation loss never improves after the first epoch, so
+    only epoch 0 is 'best'; last.ckpt must still be the last epoch's, or a resumed run would
+    repeat epochs (Lightning writes its own last.ckpt only beside a new top-k checkpoint)."""
+    import torch
+
+    penn("penn.run", *TINY, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path}",
+         "model.pretrain.epochs=0", "model.finetune.epochs=3",
+         "model.finetune.optimizer.lr=0.0")  # fmt: skip
+    folder = tmp_path / "checkpoints" / "finetune"
+    last = torch.load(folder / "last.ckpt", weights_only=False)
+    best = torch.load(folder / "best.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 3 * 5)
+    assert best["epoch"] == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
