@@ -4,6 +4,10 @@
     python experiments/context_patch_check.py context [--dilation 4] [--context-pad reflect|zero]
         [--seed S] [--out DIR]
 
+The zero-padded context is now a penn option, ``data.patches.context_dilation``
+(``penn/context.py``, on by default for PENN through ``conf/tuning/``); this script stays as the
+record of the prototype's A/B test (docs/results/issue2/README.md).
+
 A prototype outside the penn pipeline, so both arms are trained and read out the same way:
 
 - data: the default phantom and split (`conf/`), preprocessed by penn;

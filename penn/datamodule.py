@@ -202,7 +202,8 @@ class PatchDataset(Dataset):
             out.append(("context", self.patch_size // 2 - self.pad[0], self.context_dilation))
         return out
 
-    def _source(self, kind: str, vol: int) -> np.ndarray:
+    def source(self, kind: str, vol: int) -> np.ndarray:
+        """The array that channels of ``kind`` (``patch`` or ``context``) are cut from."""
         return self.volume(vol) if kind == "patch" else self.context_volume(vol)
 
     def _cut(self, vol: int, rows: np.ndarray) -> np.ndarray:
@@ -213,7 +214,7 @@ class PatchDataset(Dataset):
         """
         out = []
         for kind, shift, step in self.sources():
-            slices = self._source(kind, vol)
+            slices = self.source(kind, vol)
             _, height, width = slices.shape
             offsets = self._offsets.get((width, step))
             if offsets is None:
@@ -222,7 +223,7 @@ class PatchDataset(Dataset):
             y, x = rows[:, 2].astype(np.int64) + shift, rows[:, 3].astype(np.int64) + shift
             corner = (rows[:, 1].astype(np.int64) * height + y) * width + x
             out.append(np.take(slices.reshape(-1), corner[:, None, None] + offsets))
-        return np.stack(out, axis=1)
+        return out[0][:, None] if len(out) == 1 else np.stack(out, axis=1)
 
     def patches(self, indices) -> torch.Tensor:
         """The patches at ``indices`` as they are, without augmentation: (B, C, n, n) float32."""
@@ -304,7 +305,7 @@ class DevicePatchLoader:
         index = dataset.index.astype(np.int64)
         self.channels = []  # per channel: (flat volumes, corner per row, width per row, step)
         for kind, shift, step in dataset.sources():
-            volumes = [dataset._source(kind, v) for v in range(len(dataset.slices))]
+            volumes = [dataset.source(kind, v) for v in range(len(dataset.slices))]
             shapes = np.array([s.shape for s in volumes], dtype=np.int64)  # (V, 3)
             base = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))[:-1]])
             height, width = shapes[index[:, 0], 1], shapes[index[:, 0], 2]

@@ -5,6 +5,8 @@ layer's codes is exactly a network of one n x n convolution followed by 1 x 1 co
 Run at a stride s over a whole slice it classifies every patch of the grid in one pass; each
 pixel then takes the mean class probability of the patches that cover it (PAPER.md step 8).
 Other patch classifiers (e.g. OP-convNet) classify the same grid of patches, unfolded in batches.
+A network with a context patch (:mod:`penn.context`) also gets the context image of the grid's
+centres; the context half of its first layer is a convolution of dilation d over that image.
 
 Speed (docs/results/bench.json, ``make bench``): on a CPU the network runs as plain matrix
 products over bands of patch rows, one band per thread and one intra-op thread each, so almost all

@@ -179,7 +179,7 @@ def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_
     assert cfg.callbacks.checkpoint.monitor == f"val/{cfg.model.level}/loss"
     net = instantiate(cfg.model.net, n_outputs=1)
     if cfg.model.level == "patch":
-        out = net(torch.rand(2, 1, 32, 32))
+        out = net(torch.rand(2, getattr(net, "in_channels", 1), 32, 32))  # 2: a context patch
         assert out.shape == (2, 1)
     else:
         channels = 3 if cfg.model.slices.context_offset else 1
@@ -189,19 +189,22 @@ def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_
 
 
 @pytest.mark.parametrize(
-    ("overrides", "epochs", "mined", "gamma"),
+    ("overrides", "epochs", "mined", "gamma", "context"),
     [
-        ([], 8, 0.75, [0.8, 1.25]),  # the phantom: conf/tuning/phantom_penn.yaml
-        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0]),  # conf/tuning/lumbar_vb_penn.yaml
-        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0]),  # command line wins
-        (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25]),  # no tuning file for it
-        (["data=lumbar_vb", "+experiment=paper"], 15, 0.0, [0.5, 2.0]),  # random undersampling
-        (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25]),  # other models: their own
+        ([], 8, 0.75, [0.8, 1.25], 8),  # the phantom: conf/tuning/phantom_penn.yaml
+        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0], 4),  # conf/tuning/lumbar_vb_penn.yaml
+        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0], 4),  # CLI wins
+        (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25], 0),  # no tuning file for it
+        (["data=lumbar_vb", "+experiment=paper"], 15, 0.0, [0.5, 2.0], 0),  # the paper's patch
+        (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25], 0),  # other models: their own
     ],
 )
-def test_per_dataset_tuning_sets_penns_finetuning(overrides, epochs, mined, gamma, tmp_path):
+def test_per_dataset_tuning_sets_penns_finetuning(overrides, epochs, mined, gamma, context,
+                                                  tmp_path):  # fmt: skip
     cfg = compose_train(overrides, tmp_path)
     finetune = cfg.model.finetune
     assert finetune.epochs == epochs
     assert (finetune.hard_negatives.fraction if "hard_negatives" in finetune else None) == mined
     assert list(cfg.data.augment.gamma) == gamma
+    assert cfg.data.patches.context_dilation == context
+    assert cfg.model.net.get("context_dilation", 0) == (context if cfg.model.name == "penn" else 0)

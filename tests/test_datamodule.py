@@ -61,7 +61,9 @@ def test_split_refuses_too_few_volumes():
 
 @pytest.fixture
 def dm_padded(cfg_tiny):
+    """Border-padded training patches, the patch alone (tests/test_context.py: with context)."""
     cfg_tiny.data.patches.pad_borders = True
+    cfg_tiny.data.patches.context_dilation = 0
     return set_up(cfg_tiny.data)
 
 
@@ -262,7 +264,8 @@ def test_device_loader_augments_reproducibly_per_seed_and_epoch(cfg_tiny):
 
     loader = train_loader(cfg_tiny, loader_on_device=True)
     ds = loader.dataset
-    unaugmented = PatchDataset(ds.slices, ds.index, ds.targets, ds.patch_size, None, ds.pad)
+    unaugmented = PatchDataset(ds.slices, ds.index, ds.targets, ds.patch_size, None, ds.pad,
+                               context_dilation=ds.context_dilation)  # fmt: skip
     plain = DevicePatchLoader(unaugmented, loader.sampler, loader.batch_size, "cpu", seed=0)
 
     def first(ld, epoch):
