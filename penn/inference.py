@@ -262,10 +262,12 @@ class _RowsEngine:
         self.layers = [(lin.weight.detach().t().contiguous(), lin.bias.detach()) for lin in linears]
         first = linears[0].weight.detach()
         kernels = first.reshape(first.shape[0], self.channels, self.n, self.n)
-        self.conv_weight, self.context_weight = (
+        # (h, 1, n, n) kernels of the patch and, with a context patch, of its context
+        self.conv_weight, *context = (
             kernels[:, c : c + 1].contiguous(memory_format=torch.channels_last)
-            for c in (0, self.channels - 1)
+            for c in range(self.channels)
         )
+        self.context_weight = context[0] if context else None
         self.n_outputs = linears[-1].out_features
 
     def __call__(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
