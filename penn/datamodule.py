@@ -193,9 +193,10 @@ class PatchDataset(Dataset):
         """Per channel: (kind, shift, step). A patch's channel is the n x n values ``step``
         pixels apart from (y + shift, x + shift) of that kind's volume, (y, x) its index row.
 
-        The context of the patch with padded corner y is centred on pixel
-        ``y - pad_before + n // 2`` of the slice, which is element
-        ``y - pad_before + n // 2`` of the context image (sample 0 of it).
+        The patch whose corner is y in the padded slice is centred on pixel
+        c = y - pad_before + n // 2 of the slice, and sample 0 of its context is element c of
+        the context image (:func:`penn.context.context_image`), so the context's shift is
+        n // 2 - pad_before.
         """
         out = [("patch", 0, 1)]
         if self.context_dilation > 0:
@@ -279,14 +280,13 @@ class DevicePatchLoader:
     """Training batches cut and augmented on the training device (``data.loader.on_device``).
 
     The split's preprocessed slices (and context images) are copied to the device once, as one
-    flat tensor each (about 0.5 GB for lumbar-vb's 11 training scans); each batch is then one
-    gather of B x n x n values per channel at the sampler's patch corners, followed by the
-    augmentation, all on the device. A small
-    network on a GPU, stepped with the paper's batches of 64, is otherwise held back by cutting
-    patches on the host and copying them over. Same patches, classes, order and epoch length as
-    :class:`PatchLoader` with the same sampler; the augmentation draws come from a device
-    generator seeded with (seed, epoch). Lightning sets the sampler's epoch through
-    ``.sampler``.
+    flat tensor each (the slices of lumbar-vb's 11 training scans are about 0.5 GB); each batch
+    is then one gather of B x n x n values per channel at the sampler's patch corners, followed
+    by the augmentation, all on the device. A small network on a GPU, stepped with the paper's
+    batches of 64, is otherwise held back by cutting patches on the host and copying them over.
+    Same patches, classes, order and epoch length as :class:`PatchLoader` with the same sampler;
+    the augmentation draws come from a device generator seeded with (seed, epoch). Lightning sets
+    the sampler's epoch through ``.sampler``.
 
     With ``steps_per_batch`` K > 1 each yielded batch holds K consecutive batches of
     ``batch_size`` (fewer in an epoch's last one), for K optimizer steps in one training step
@@ -340,7 +340,8 @@ class DevicePatchLoader:
         end = min(len(order), self._steps() * self.batch_size)
         for start in range(0, end, rows_per_batch):
             rows = order[start : min(start + rows_per_batch, end)]
-            x = torch.stack([self._cut(rows, *channel) for channel in self.channels], dim=1)
+            parts = [self._cut(rows, *channel) for channel in self.channels]
+            x = parts[0].unsqueeze(1) if len(parts) == 1 else torch.stack(parts, dim=1)
             if augment:
                 x = augment_patches(x, augment, generator)
             yield x, self.targets[rows]
