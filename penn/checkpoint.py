@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 
 from penn.io import write_atomic_bytes
+from penn.models.ensemble import Ensemble, members_of
 from penn.preprocess import PLANE_AXIS
 
 __all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "check_meta", "model_level"]
@@ -35,11 +36,13 @@ def save_model(path: str | Path, net: torch.nn.Module, meta: dict) -> Path:
 
     Args:
         path: output file.
-        net: the trained network.
-        meta: plain data: ``net`` (the Hydra config that builds the network), ``model``
+        net: the trained network, or an :class:`~penn.models.ensemble.Ensemble` of them (its
+            member count goes into ``meta["members"]``).
+        meta: plain data: ``net`` (the Hydra config that builds one network), ``model``
             (``level`` patch or pixel, ``context_offset``), ``data`` (plane, preprocess,
             patches, classes, class_names), ``inference`` (threshold, ...).
     """
+    meta = meta | {"members": len(members_of(net))}
     buffer = _bytesio.BytesIO()
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     torch.save({"format": FORMAT, "meta": meta, "state_dict": state}, buffer)
@@ -72,7 +75,8 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     target = str(meta["net"].get("_target_", ""))
     if not target.startswith("penn."):
         raise CheckpointError(f"{path}: refusing to build network {target!r} outside penn")
-    net = instantiate(meta["net"])
+    members = [instantiate(meta["net"]) for _ in range(meta.get("members", 1))]
+    net = members[0] if len(members) == 1 else Ensemble(members)
     try:
         net.load_state_dict(blob["state_dict"])
     except RuntimeError as err:
@@ -157,6 +161,9 @@ def check_meta(path: str | Path, meta: object) -> None:
         )
     if expected == 1 and not isinstance(inference["threshold"], (int, float)):
         raise CheckpointError(f"{path}: binary model without a numeric inference.threshold")
+    members = meta.get("members", 1)  # files written before ensembles: one network
+    if not (isinstance(members, int) and members >= 1):
+        raise CheckpointError(f"{path}: members must be a positive integer, got {members!r}")
     if not (isinstance(inference["stride"], int) and inference["stride"] >= 1):
         raise CheckpointError(
             f"{path}: inference.stride must be a positive integer, got {inference['stride']!r}"

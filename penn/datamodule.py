@@ -446,6 +446,14 @@ class PatchDataModule(L.LightningDataModule):
         self.balance_log: dict[str, list[int]] = {}
         self.train_dataset: PatchDataset | None = None
         self.train_sampler: BalancedSampler | None = None
+        # added to split.seed for the training stream; penn.run gives each ensemble member its own
+        self.stream_offset = 0
+
+    @property
+    def stream_seed(self) -> int:
+        """Seed of the training stream: the balanced draws, the patch order and the on-device
+        cutting (``split.seed`` + ``stream_offset``). The validation subset keeps ``split.seed``."""
+        return int(self.split_cfg["seed"]) + int(self.stream_offset)
 
     @property
     def n_classes(self) -> int:
@@ -603,7 +611,7 @@ class PatchDataModule(L.LightningDataModule):
     def _balanced_sampler(self, dataset: PatchDataset) -> BalancedSampler:
         """Training sampler (paper step 4, T1MRI); logs the class counts before and after."""
         sampler = BalancedSampler(
-            dataset.targets, self.balance_ratio, self.split_cfg["seed"], self.resample_each_epoch
+            dataset.targets, self.balance_ratio, self.stream_seed, self.resample_each_epoch
         )
         before = class_counts(dataset.targets, self.n_classes)
         after = class_counts(dataset.targets[sampler._draw(0)], self.n_classes)
@@ -634,7 +642,7 @@ class PatchDataModule(L.LightningDataModule):
             device = self._training_device()
             log.info("training patches cut and augmented on %s", device)
             return DevicePatchLoader(dataset, sampler, cfg["batch_size"], device,
-                                     self.split_cfg["seed"],
+                                     self.stream_seed,
                                      steps_per_batch=cfg.get("steps_per_batch", 1))  # fmt: skip
         return PatchLoader(
             dataset,
@@ -645,7 +653,7 @@ class PatchDataModule(L.LightningDataModule):
             pin_memory=cfg["pin_memory"] and torch.cuda.is_available(),
             persistent_workers=workers > 0,
             drop_last=train,
-            generator=torch.Generator().manual_seed(int(self.split_cfg["seed"])),
+            generator=torch.Generator().manual_seed(self.stream_seed),
         )
 
     def _training_device(self) -> torch.device:

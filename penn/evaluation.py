@@ -7,15 +7,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from skimage import measure
 
 from penn.inference import (
     calibrate_threshold,
     decide,
+    kept_components,
+    open_in_plane,
     postprocess,
     segment_slices,
     segment_slices_pixelwise,
 )
 from penn.metrics import confusion_counts, summarize
+from penn.models.ensemble import members_of
 from penn.patches import label_patches
 from penn.preprocess import resize_in_plane
 
@@ -24,6 +28,7 @@ __all__ = [
     "class_map",
     "predict_volumes",
     "calibrate",
+    "calibrate_decision",
     "calibrate_min_size",
     "score",
 ]
@@ -88,6 +93,27 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
 
 
 def _predict(net, slices, inference, model, device, progress, patches) -> list[Prediction]:
+    """Each member's read-out; an ensemble's probabilities (and patch grids) are their mean."""
+    members = members_of(net)
+    total = None
+    for member in members:
+        pred = _predict_one(member, slices, inference, model, device, progress, patches)
+        if total is None:
+            total = pred
+            continue
+        for acc, p in zip(total, pred, strict=True):
+            acc.probs += p.probs
+            if acc.patch_probs is not None:
+                acc.patch_probs += p.patch_probs
+    if len(members) > 1:
+        for acc in total:
+            acc.probs /= len(members)
+            if acc.patch_probs is not None:
+                acc.patch_probs /= len(members)
+    return total
+
+
+def _predict_one(net, slices, inference, model, device, progress, patches) -> list[Prediction]:
     model = model or {}
     device = device or default_device()
     net = net.eval().to(device)
@@ -136,8 +162,8 @@ def calibrate(predictions: list[Prediction], truths: list[np.ndarray], inference
         return None, {"method": "argmax"}
     if method == "fixed":
         return float(inference["threshold"]), {"method": "fixed"}
-    if method != "grid":
-        raise ValueError(f"inference.calibration.method={method!r}: use 'grid' or 'fixed'")
+    if method not in ("grid", "joint"):
+        raise ValueError(f"inference.calibration.method={method!r}: use 'joint', 'grid' or 'fixed'")
     if not any(t.any() for t in truths):
         log.warning(
             "the validation split holds no target voxel; keeping the fixed threshold %.2f",
@@ -151,6 +177,65 @@ def calibrate(predictions: list[Prediction], truths: list[np.ndarray], inference
     )
     log.info("calibrated threshold %.3f on validation (pooled pixel Dice %.4f)", threshold, dice)
     return threshold, {"method": "grid", "val_pooled_dice": dice}
+
+
+def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
+                       inference: dict) -> tuple[float | None, int, dict]:  # fmt: skip
+    """The decision threshold and post-processing ``min_size``, chosen on validation.
+
+    ``inference.calibration.method``: ``joint`` searches every (threshold, min_size) pair of the
+    threshold grid and ``calibration.min_sizes`` for the best pooled validation Dice; ``grid``
+    chooses the threshold alone (:func:`calibrate`), then ``min_size`` at that threshold
+    (:func:`calibrate_min_size`); ``fixed`` keeps ``inference.threshold``. Multi-class networks
+    (argmax) choose ``min_size`` alone.
+
+    Returns:
+        (threshold or None for argmax, min_size, a dict that records the choice; its
+        ``postprocess`` entry records the min_size candidates).
+    """
+    joint = (
+        inference["calibration"]["method"] == "joint"
+        and predictions[0].probs.shape[1] == 1
+        and any(t.any() for t in truths)
+    )
+    if not joint:
+        threshold, record = calibrate(predictions, truths, inference)
+        min_size, record["postprocess"] = calibrate_min_size(
+            predictions, truths, threshold, inference
+        )
+        return threshold, min_size, record
+    c, settings = inference["calibration"], inference["postprocess"]
+    grid = np.round(np.arange(c["low"], c["high"] + 1e-9, c["step"]), 6)
+    sizes = [int(m) for m in c.get("min_sizes") or [settings["min_size"]]]
+    tp, fp = np.zeros((len(grid), len(sizes))), np.zeros((len(grid), len(sizes)))
+    n_pos = sum(int(t.sum()) for t in truths)
+    for pred, truth in zip(predictions, truths, strict=True):
+        probs, truth = pred.probs[:, 0], truth.astype(bool).ravel()
+        for i, threshold in enumerate(grid):
+            mask = open_in_plane(probs >= threshold, settings["opening_radius"])
+            components = measure.label(mask).ravel()
+            size = np.bincount(components)[1:]
+            hits = np.bincount(components, weights=truth, minlength=len(size) + 1)[1:]
+            for j, min_size in enumerate(sizes):
+                keep = kept_components(size, min_size, settings["keep_largest"])
+                tp[i, j] += hits[keep].sum()
+                fp[i, j] += (size[keep] - hits[keep]).sum()
+    dice = 2 * tp / np.maximum(tp + fp + n_pos, 1)
+    # ties: the smallest min_size, then the lowest threshold
+    i, j = min(np.argwhere(dice == dice.max()).tolist(), key=lambda ij: (sizes[ij[1]], ij[0]))
+    threshold, min_size, best = float(grid[i]), sizes[j], float(dice[i, j])
+    log.info("calibrated threshold %.3f and min_size %d together on validation (pooled pixel "
+             "Dice %.4f)", threshold, min_size, best)  # fmt: skip
+    per_size = {m: float(dice[:, k].max()) for k, m in enumerate(sizes)}
+    return (
+        threshold,
+        min_size,
+        {
+            "method": "joint",
+            "val_pooled_dice": best,
+            "postprocess": {"min_size": min_size, "method": "joint", "val_pooled_dice": per_size},
+        },
+    )
 
 
 def calibrate_min_size(predictions: list[Prediction], truths: list[np.ndarray],

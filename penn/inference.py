@@ -648,16 +648,27 @@ def postprocess(labels: np.ndarray, min_size: int, keep_largest: int | None,
     """
     out = np.zeros_like(labels)
     for c in np.unique(labels[labels > 0]):
-        mask = labels == c
-        if opening_radius > 0:
-            footprint = morphology.disk(opening_radius)[None]
-            mask = morphology.binary_opening(mask, footprint)
+        mask = open_in_plane(labels == c, opening_radius)
         if min_size > 0 or keep_largest:
             components = measure.label(mask)
             sizes = np.bincount(components.ravel())[1:]
-            keep = np.flatnonzero(sizes >= min_size) + 1
-            if keep_largest:
-                keep = keep[np.argsort(sizes[keep - 1])[::-1][:keep_largest]]
+            keep = np.flatnonzero(kept_components(sizes, min_size, keep_largest)) + 1
             mask = np.isin(components, keep)
         out[mask] = c
     return out
+
+
+def open_in_plane(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary opening of an (S, H, W) mask within each slice with a disk (radius 0: ``mask``)."""
+    if radius <= 0:
+        return mask
+    return morphology.opening(mask, morphology.disk(radius)[None])
+
+
+def kept_components(sizes: np.ndarray, min_size: int, keep_largest: int | None) -> np.ndarray:
+    """Which connected components (of these voxel counts) :func:`postprocess` keeps."""
+    keep = sizes >= min_size
+    if keep_largest:
+        order = np.argsort(sizes, kind="stable")[::-1]
+        keep[order[keep[order].cumsum() > keep_largest]] = False
+    return keep

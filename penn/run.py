@@ -13,6 +13,8 @@ threshold calibration on validation, the same metrics and the same outputs.
 
 from __future__ import annotations
 
+import copy
+import io
 import logging
 import math
 from pathlib import Path
@@ -26,12 +28,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from penn.checkpoint import save_model
-from penn.evaluation import calibrate, calibrate_min_size, class_map, predict_volumes, score
-from penn.io import write_json
+from penn.evaluation import calibrate_decision, class_map, predict_volumes, score
+from penn.io import write_atomic_bytes, write_json
 from penn.lit.baseline import SegmentationModule
 from penn.lit.finetune import FinetuneModule
 from penn.lit.pretrain import PretrainModule
 from penn.mining import HardNegativeMining
+from penn.models.ensemble import Ensemble
 from penn.preprocess import resize_in_plane
 from penn.reports import metrics_table, write_metrics, write_overlays
 from penn.runtime import close_loggers, log_final, make_loggers, make_trainer, resume_phase
@@ -109,34 +112,130 @@ def step_group(cfg: DictConfig) -> dict[str, int]:
     return {"steps_per_batch": steps, "micro_batch": int(cfg.data.loader.batch_size)}
 
 
-def supervised_module(cfg: DictConfig, net, n_classes: int):
+def supervised_module(cfg: DictConfig, net, n_classes: int, member: int = 0):
     """Fine-tuning on patches, or slice segmentation (BCE/CE + soft Dice) for pixel-wise nets."""
     train = cfg.model.finetune
     optimizer = instantiate(train.optimizer)
     if model_info(cfg)["level"] == "patch":
-        return FinetuneModule(net, n_classes, optimizer=optimizer, **step_group(cfg))
+        return FinetuneModule(net, n_classes, optimizer=optimizer, member=member, **step_group(cfg))
     return SegmentationModule(
         net,
         n_classes,
         optimizer=optimizer,
         dice_weight=train.dice_weight,
         contour_weight=train.contour_weight,
+        member=member,
     )
 
 
-def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]) -> None:
-    """Supervised training of the whole network; leaves the best checkpoint's weights in ``net``."""
-    module = supervised_module(cfg, net, dm.n_classes)
+def member_phase(member: int) -> str:
+    """Checkpoint folder (and timing phase) of an ensemble member: ``finetune`` for the first,
+    ``finetune_member<k>`` for member k >= 1."""
+    return "finetune" if member == 0 else f"finetune_member{member}"
+
+
+def n_members(cfg: DictConfig) -> int:
+    """``model.finetune.members``: networks fine-tuned and averaged (1: a single network)."""
+    members = int(cfg.model.finetune.get("members", 1) or 1)
+    if members < 1:
+        raise ValueError(f"model.finetune.members={members}: need at least 1")
+    return members
+
+
+def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]):
+    """Supervised training of the whole network; returns the trained network.
+
+    With ``model.finetune.members`` = m > 1, m copies of the (pretrained) network are fine-tuned,
+    member k on its own patch stream (seed + k, ``data.split.seed`` + k for the balanced draws
+    and their order, the mining pool), and the :class:`~penn.models.ensemble.Ensemble` of their
+    best checkpoints is returned. The starting weights are kept in
+    ``checkpoints/finetune_start.pt``, so a run resumed from member k's checkpoint restores the
+    earlier members from their best checkpoints beside it and starts the later ones afresh.
+    """
+    members = n_members(cfg)
+    phase, resumed_member, ckpt = resume
+    if phase != "finetune":  # a fresh fine-tuning (a pretraining checkpoint is not for it)
+        resumed_member, ckpt = 0, None
+    first = resumed_member
+    if first >= members:
+        raise ValueError(
+            f"{ckpt}: checkpoint of ensemble member {first}, but model.finetune.members={members}"
+        )
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    start = _start_weights(net, members, folder, ckpt)
+    trained = []
+    for member in range(members):
+        if member > 0:
+            net = copy.deepcopy(net)
+            net.load_state_dict(start)
+        if member < first:  # finished before the interruption
+            module = supervised_module(cfg, net, dm.n_classes, member)
+            best = _best_checkpoint(Path(ckpt).parents[1] / member_phase(member))
+            _restore(module, best)
+            log.info("restored finished ensemble member %d from %s", member, best)
+        else:
+            if member > 0:
+                L.seed_everything(cfg.seed + member, workers=True)
+            dm.stream_offset = member
+            _fit_member(cfg, net, dm, loggers, member, ckpt if member == first else None)
+        trained.append(net)
+    dm.stream_offset = 0
+    return trained[0] if members == 1 else Ensemble(trained)
+
+
+def _start_weights(net, members: int, folder: Path, ckpt: str | None) -> dict | None:
+    """The weights every member starts from (None for a single network).
+
+    A fresh fine-tuning takes ``net``'s and writes them to ``folder/finetune_start.pt``; a resumed
+    one reads them from beside its checkpoint (``checkpoints/finetune_start.pt``).
+    """
+    if members == 1:
+        return None
+    target = folder / "finetune_start.pt"
+    if ckpt is None:
+        start = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    else:
+        source = Path(ckpt).parents[1] / "finetune_start.pt"
+        if not source.is_file():
+            raise FileNotFoundError(
+                f"{source}: the ensemble's starting weights, needed to resume {ckpt}, are missing"
+            )
+        start = torch.load(source, map_location="cpu", weights_only=True)
+    if rank_zero_only.rank == 0:
+        buffer = io.BytesIO()
+        torch.save(start, buffer)
+        write_atomic_bytes(target, buffer.getvalue())
+    return start
+
+
+def _best_checkpoint(folder: Path) -> Path:
+    """A finished member's best checkpoint (``best.ckpt``; ``last.ckpt`` without validation)."""
+    for name in ("best.ckpt", "last.ckpt"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{folder}: no best.ckpt or last.ckpt of a finished ensemble member")
+
+
+def _restore(module: L.LightningModule, path: str | Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+
+
+def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None) -> None:
+    """Fine-tunes one network (ensemble member ``member``); leaves its best weights in ``net``."""
+    module = supervised_module(cfg, net, dm.n_classes, member)
     mining = cfg.model.finetune.get("hard_negatives")
     callbacks = []
     if model_info(cfg)["level"] == "patch" and mining and mining.fraction > 0:
-        callbacks.append(HardNegativeMining(mining.fraction, mining.pool, seed=cfg.seed))
-    trainer = make_trainer(cfg, "finetune", cfg.model.finetune.epochs, loggers, callbacks)
-    trainer.fit(module, datamodule=dm, ckpt_path=resume[2] if resume[0] == "finetune" else None)
+        callbacks.append(HardNegativeMining(mining.fraction, mining.pool, seed=cfg.seed + member))
+    if n_members(cfg) > 1:
+        log.info("fine-tuning ensemble member %d (members 0 to %d) into checkpoints/%s",
+                 member, n_members(cfg) - 1, member_phase(member))  # fmt: skip
+    trainer = make_trainer(cfg, member_phase(member), cfg.model.finetune.epochs, loggers, callbacks)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
+        _restore(module, best)
         log.info("restored best fine-tuning checkpoint %s", best)
 
 
@@ -147,10 +246,7 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
     val, val_labels = dm.splits["val"], dm.native_labels("val")
     val_pred = predict_volumes(net, val.slices, inference, model, shapes=_shapes(val_labels))
     val_truth = [class_map(lab, dm.classes) for lab in val_labels]
-    threshold, calibration = calibrate(val_pred, val_truth, inference)
-    min_size, calibration["postprocess"] = calibrate_min_size(
-        val_pred, val_truth, threshold, inference
-    )
+    threshold, min_size, calibration = calibrate_decision(val_pred, val_truth, inference)
     inference["postprocess"]["min_size"] = min_size
     val_metrics, _ = score(
         val_pred, val_labels, dm.classes, dm.class_names, dm.patch_cfg, inference, threshold,
@@ -234,7 +330,7 @@ def train(cfg: DictConfig) -> float:
     try:
         resume = resume_phase(cfg.ckpt_path)
         pretrain(cfg, net, dm, loggers, resume)
-        finetune(cfg, net, dm, loggers, resume)
+        net = finetune(cfg, net, dm, loggers, resume)
         if rank_zero_only.rank != 0:  # DDP: every rank trains; rank 0 alone tests and writes
             return 0.0
         metrics = evaluate_and_write(cfg, net, dm, out, loggers)

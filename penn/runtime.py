@@ -35,7 +35,7 @@ def make_trainer(cfg: DictConfig, phase: str, max_epochs: int, loggers: list[Log
     ``callbacks`` are added to the configured ones for this phase only.
     """
     dirpath = Path(cfg.paths.output_dir) / "checkpoints" / phase
-    monitored = phase == "finetune"
+    monitored = phase.startswith("finetune")
     checkpoint = instantiate(
         cfg.callbacks.checkpoint,
         dirpath=str(dirpath),
@@ -64,7 +64,8 @@ def resume_phase(ckpt_path: str | None) -> tuple[str, int, str | None]:
     """Where an interrupted run goes on: (phase, stage, checkpoint) from a Lightning checkpoint.
 
     A pretraining checkpoint of stage k resumes that stage (earlier stages are inside it) and
-    runs the rest; a fine-tuning checkpoint skips pretraining.
+    runs the rest; a fine-tuning checkpoint skips pretraining, and its second entry is the
+    ensemble member it trains (0 for a single network).
     """
     if not ckpt_path:
         return "pretrain", 0, None
@@ -80,8 +81,12 @@ def resume_phase(ckpt_path: str | None) -> tuple[str, int, str | None]:
     if "stage" in hparams:
         log.info("resuming pretraining stage %d from %s", hparams["stage"] + 1, path)
         return "pretrain", int(hparams["stage"]), str(path)
-    log.info("resuming fine-tuning from %s", path)
-    return "finetune", 0, str(path)
+    member = int(hparams.get("member", 0))
+    if member:
+        log.info("resuming fine-tuning of ensemble member %d from %s", member, path)
+    else:
+        log.info("resuming fine-tuning from %s", path)
+    return "finetune", member, str(path)
 
 
 def log_final(loggers: list[Logger], metrics: dict[str, float], images: list[Path]) -> None:

@@ -147,5 +147,5 @@ class SliceDataModule(PatchDataModule):
             shuffle=train,
             num_workers=workers,
             persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(int(self.split_cfg["seed"])),
+            generator=torch.Generator().manual_seed(self.stream_seed),
         )

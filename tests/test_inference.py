@@ -245,3 +245,60 @@ def test_min_size_is_chosen_on_validation_and_drops_small_false_positives():
     )
     inference["calibration"]["min_sizes"] = []
     assert calibrate_min_size([Prediction(probs, None)], [truth], 0.5, inference)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "postprocessing",
+    [
+        {"keep_largest": None, "opening_radius": 0},
+        {"keep_largest": 1, "opening_radius": 0},
+        {"keep_largest": None, "opening_radius": 1},
+    ],
+)
+def test_joint_calibration_equals_brute_force_over_thresholds_and_min_sizes(postprocessing):
+    """calibrate_decision (method joint) against every (threshold, min_size) pair scored with
+    postprocess and hand-counted TP/FP/FN. A 250-voxel false positive at 0.6 makes the best
+    threshold alone a high one that cuts the 300-voxel lesion; together, a low threshold with
+    min_size 280 keeps the whole lesion and drops the false positive."""
+    from penn.evaluation import Prediction, calibrate_decision
+
+    rng = np.random.default_rng(3)
+    truths, predictions = [], []
+    for _ in range(2):
+        truth = np.zeros((5, 24, 24), np.uint8)
+        truth[1:4, 2:12, 2:12] = 1  # 300 voxels
+        probs = np.where(
+            truth, rng.uniform(0.45, 0.95, truth.shape), rng.uniform(0, 0.3, truth.shape)
+        )
+        probs[:, 12:22, 16:21] = 0.6  # a 250-voxel false positive
+        truths.append(truth)
+        predictions.append(Prediction(probs[:, None].astype(np.float32), None))
+    sizes = [0, 10, 280]
+    inference = {
+        "threshold": 0.5,
+        "calibration": {"method": "joint", "low": 0.3, "high": 0.9, "step": 0.05,
+                        "min_sizes": sizes},
+        "postprocess": {"min_size": 0, **postprocessing},
+    }  # fmt: skip
+    threshold, min_size, record = calibrate_decision(predictions, truths, inference)
+    dice = {}
+    for t in np.round(np.arange(0.3, 0.9 + 1e-9, 0.05), 6):
+        for m in sizes:
+            tp = fp = fn = 0
+            for pred, truth in zip(predictions, truths, strict=True):
+                mask = postprocess(decide(pred.probs, t), m, **postprocessing).astype(bool)
+                tp += (mask & (truth > 0)).sum()
+                fp += (mask & (truth == 0)).sum()
+                fn += (~mask & (truth > 0)).sum()
+            dice[float(t), m] = 2 * tp / (2 * tp + fp + fn)
+    top = max(dice.values())
+    assert record["val_pooled_dice"] == pytest.approx(top)
+    assert dice[threshold, min_size] == pytest.approx(top)
+    assert record["postprocess"]["val_pooled_dice"] == pytest.approx(
+        {m: max(v for (_, size), v in dice.items() if size == m) for m in sizes}
+    )
+    if postprocessing["keep_largest"] is None and postprocessing["opening_radius"] == 0:
+        assert (threshold, min_size, top) == (0.3, 280, 1.0)
+        inference["calibration"]["method"] = "grid"
+        grid_threshold, grid_min_size, _ = calibrate_decision(predictions, truths, inference)
+        assert grid_threshold > 0.5 and dice[grid_threshold, grid_min_size] < 0.9

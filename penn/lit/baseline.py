@@ -62,11 +62,12 @@ class SegmentationModule(SupervisedModule):
         optimizer: partial optimizer taking the parameters (BASELINES §3: AdamW 1e-4).
         dice_weight: weight of the soft Dice term (0: BCE / CE alone, MultiResUNet's faithful loss).
         contour_weight: weight of the contour term for nets with a contour branch (D-TVNet).
+        member: which ensemble member this trains (kept in the checkpoint, for resuming).
     """
 
     def __init__(self, net: torch.nn.Module, n_classes: int,
                  optimizer: Callable[..., torch.optim.Optimizer], dice_weight: float,
-                 contour_weight: float):  # fmt: skip
+                 contour_weight: float, member: int = 0):  # fmt: skip
         super().__init__(net, n_classes, optimizer, level="pixel")
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.dice_weight, self.contour_weight = dice_weight, contour_weight

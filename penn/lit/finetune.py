@@ -84,11 +84,12 @@ class FinetuneModule(GroupedStepsMixin, SupervisedModule):
         steps_per_batch: optimizer steps per training batch, one per ``micro_batch`` patches
             (``data.loader.steps_per_batch``; see :mod:`penn.lit.step_group`).
         micro_batch: patches per optimizer step (``data.loader.batch_size``).
+        member: which ensemble member this trains (kept in the checkpoint, for resuming).
     """
 
     def __init__(self, net: torch.nn.Module, n_classes: int,
                  optimizer: Callable[..., torch.optim.Optimizer], steps_per_batch: int = 1,
-                 micro_batch: int | None = None):  # fmt: skip
+                 micro_batch: int | None = None, member: int = 0):  # fmt: skip
         super().__init__(net, n_classes, optimizer, level="patch")
         self.save_hyperparameters(ignore=["net", "optimizer", "steps_per_batch", "micro_batch"])
         self._init_step_group(steps_per_batch, micro_batch)
