@@ -146,9 +146,10 @@ def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | No
     """Supervised training of the whole network; returns the trained network.
 
     With ``model.finetune.members`` = m > 1, m copies of the (pretrained) network are fine-tuned,
-    member k on its own patch stream (seed + k, ``data.split.seed`` + k for the balanced draws
-    and their order, the mining pool), and the :class:`~penn.models.ensemble.Ensemble` of their
-    best checkpoints is returned. The starting weights are kept in
+    member k on its own patch stream (``data.split.seed`` + k for the balanced draws and their
+    order; ``seed`` + k for augmentation and the mining pool; member 0 trains exactly as a single
+    network would), and the :class:`~penn.models.ensemble.Ensemble` of their best checkpoints is
+    returned. The starting weights are kept in
     ``checkpoints/finetune_start.pt``, so a run resumed from member k's checkpoint restores the
     earlier members from their best checkpoints beside it and starts the later ones afresh.
     """
