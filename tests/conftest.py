@@ -64,6 +64,29 @@ def compose_cfg(overrides: list[str], data_dir: Path, output_dir: Path) -> DictC
     return cfg
 
 
+def assert_model_reproduces_test_counts(net, meta: dict, run_dir: Path, overrides: list[str],
+                                        data_dir: Path) -> None:  # fmt: skip
+    """``net`` (the run's ``model.pt``) segments the run's first test volume again, with its
+    stored read-out, threshold and post-processing, to the TP/FP/FN in ``evaluation.json``."""
+    import json
+
+    from hydra.utils import instantiate
+
+    from penn.evaluation import class_map, predict_volumes
+    from penn.inference import decide, postprocess
+
+    dm = instantiate(compose_cfg(overrides, data_dir, run_dir / "again").data)
+    dm.setup("test")
+    test, inference = dm.splits["test"], meta["inference"]
+    pred = predict_volumes(net, test.slices[:1], inference, progress=False)[0]
+    mask = postprocess(decide(pred.probs, inference["threshold"]),
+                       **inference["postprocess"]).astype(bool)  # fmt: skip
+    truth = class_map(test.labels[0], dm.classes).astype(bool)
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    tp, fp, _, fn = evaluation["test_volumes"][test.names[0]][1]
+    assert [(mask & truth).sum(), (mask & ~truth).sum(), (~mask & truth).sum()] == [tp, fp, fn]
+
+
 @pytest.fixture
 def cfg_tiny(phantom_dir, tmp_path) -> DictConfig:
     """The real train config shrunk to a tiny phantom, CPU, one epoch; output in tmp_path."""

@@ -6,8 +6,6 @@ filter, and every context sample is looked up one by one, zero outside the slice
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -16,13 +14,12 @@ from hydra.utils import instantiate
 from scipy import ndimage
 
 from penn.checkpoint import CheckpointError, check_meta, load_model
-from penn.evaluation import class_map, predict_volumes
-from penn.inference import decide, postprocess, segment_slices
+from penn.inference import segment_slices
 from penn.models.sparse_ae import StackedSparseAutoencoder
 from penn.patches import grid_starts
 from penn.run import check_context_patch, make_datamodule
 
-from .conftest import CONF, TINY, TINY_DATA, compose_cfg
+from .conftest import CONF, TINY, TINY_DATA, assert_model_reproduces_test_counts, compose_cfg
 from .test_run import penn
 
 
@@ -201,17 +198,9 @@ def test_run_with_a_context_patch_end_to_end(tmp_path):
     net, meta = load_model(run_dir / "model.pt")
     assert net.context_dilation == 2 and net.stages[0].encoder.in_features == 2 * 16 * 16
     assert meta["data"]["patches"]["context_dilation"] == 2
-    evaluation = json.loads((run_dir / "evaluation.json").read_text())
-    cfg = compose_cfg(["data.patches.context_dilation=2"], data_dir, tmp_path / "again")
-    dm = instantiate(cfg.data)
-    dm.setup("test")
-    test = dm.splits["test"]
-    pred = predict_volumes(net, test.slices[:1], meta["inference"], progress=False)[0]
-    mask = postprocess(decide(pred.probs, meta["inference"]["threshold"]),
-                       **meta["inference"]["postprocess"]).astype(bool)  # fmt: skip
-    truth = class_map(test.labels[0], dm.classes).astype(bool)
-    tp, fp, tn, fn = evaluation["test_volumes"][test.names[0]][1]
-    assert [(mask & truth).sum(), (mask & ~truth).sum(), (~mask & truth).sum()] == [tp, fp, fn]
+    assert_model_reproduces_test_counts(
+        net, meta, run_dir, ["data.patches.context_dilation=2"], data_dir
+    )
 
 
 def test_device_loader_cuts_the_same_patches_and_contexts(phantom_dir, tmp_path):

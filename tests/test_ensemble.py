@@ -3,20 +3,16 @@ file, and fine-tuning several members end to end, resumed from one of them."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from penn.checkpoint import CheckpointError, load_model, save_model
-from penn.evaluation import class_map, predict_volumes
-from penn.inference import decide, postprocess
+from penn.evaluation import predict_volumes
 from penn.models.ensemble import Ensemble, members_of
 from penn.models.sparse_ae import StackedSparseAutoencoder
 
-from .conftest import TINY, compose_cfg
+from .conftest import TINY, assert_model_reproduces_test_counts
 from .predict_helpers import meta
 from .test_run import penn
 
@@ -106,16 +102,7 @@ def test_run_fine_tunes_members_and_resumes_from_the_second(tmp_path):
     start = torch.load(checkpoints / "finetune_start.pt", weights_only=True)
     assert not torch.equal(second.head.weight, start["head.weight"])  # member 1 was trained
 
-    evaluation = json.loads((run_dir / "evaluation.json").read_text())
-    dm = instantiate(compose_cfg(["model.finetune.members=2"], data_dir, again).data)
-    dm.setup("test")
-    test = dm.splits["test"]
-    pred = predict_volumes(net, test.slices[:1], saved["inference"], progress=False)[0]
-    mask = postprocess(decide(pred.probs, saved["inference"]["threshold"]),
-                       **saved["inference"]["postprocess"]).astype(bool)  # fmt: skip
-    truth = class_map(test.labels[0], dm.classes).astype(bool)
-    tp, fp, _, fn = evaluation["test_volumes"][test.names[0]][1]
-    assert [(mask & truth).sum(), (mask & ~truth).sum(), (~mask & truth).sum()] == [tp, fp, fn]
+    assert_model_reproduces_test_counts(net, saved, run_dir, ["model.finetune.members=2"], data_dir)
 
     proc = penn("penn.run", *overrides, f"hydra.run.dir={again}",
                 f"ckpt_path={checkpoints / 'finetune_member1' / 'last.ckpt'}")  # fmt: skip
