@@ -128,12 +128,6 @@ def supervised_module(cfg: DictConfig, net, n_classes: int, member: int = 0):
     )
 
 
-def member_phase(member: int) -> str:
-    """Checkpoint folder (and timing phase) of an ensemble member: ``finetune`` for the first,
-    ``finetune_member<k>`` for member k >= 1."""
-    return "finetune" if member == 0 else f"finetune_member{member}"
-
-
 def n_members(cfg: DictConfig) -> int:
     """``model.finetune.members``: networks fine-tuned and averaged (1: a single network)."""
     members = int(cfg.model.finetune.get("members", 1) or 1)
@@ -171,7 +165,7 @@ def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | No
             net.load_state_dict(start)
         if member < first:  # finished before the interruption
             module = supervised_module(cfg, net, dm.n_classes, member)
-            best = _best_checkpoint(Path(ckpt).parents[1] / member_phase(member))
+            best = _best_checkpoint(Path(ckpt).parents[1] / module.phase)
             _restore(module, best)
             log.info("restored finished ensemble member %d from %s", member, best)
         else:
@@ -231,8 +225,8 @@ def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None
         callbacks.append(HardNegativeMining(mining.fraction, mining.pool, seed=cfg.seed + member))
     if n_members(cfg) > 1:
         log.info("fine-tuning ensemble member %d (members 0 to %d) into checkpoints/%s",
-                 member, n_members(cfg) - 1, member_phase(member))  # fmt: skip
-    trainer = make_trainer(cfg, member_phase(member), cfg.model.finetune.epochs, loggers, callbacks)
+                 member, n_members(cfg) - 1, module.phase)  # fmt: skip
+    trainer = make_trainer(cfg, module.phase, cfg.model.finetune.epochs, loggers, callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:

@@ -25,7 +25,8 @@ class EpochTimer(L.Callback):
     """Logs each training epoch's wall time and samples per second.
 
     Keys ``time/<phase>/epoch_s`` and ``time/<phase>/samples_s``, where the phase is
-    ``pretrain_stage<k>`` for a pretraining stage and ``finetune`` otherwise; the same figures go
+    ``pretrain_stage<k>`` for a pretraining stage, else the module's ``phase`` (``finetune``, or
+    ``finetune_member<k>`` for ensemble member k >= 1); the same figures go
     to the Python log (``run.log``). An epoch's time runs from its start to its end, data loading
     included and validation left out. At the end of each fit the log also gets the time from the
     first epoch's start to the end, over the epoch count: the cost of one more epoch, validation
@@ -41,7 +42,9 @@ class EpochTimer(L.Callback):
     @staticmethod
     def phase(module: L.LightningModule) -> str:
         stage = getattr(module, "stage", None)
-        return f"pretrain_stage{stage + 1}" if stage is not None else "finetune"
+        if stage is not None:
+            return f"pretrain_stage{stage + 1}"
+        return getattr(module, "phase", "finetune")
 
     @override
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:

@@ -95,6 +95,9 @@ def test_run_fine_tunes_members_and_resumes_from_the_second(tmp_path):
     checkpoints = run_dir / "checkpoints"
     for ckpt in ("finetune/best.ckpt", "finetune_member1/best.ckpt", "finetune_start.pt"):
         assert (checkpoints / ckpt).is_file(), ckpt
+    log = (run_dir / "run.log").read_text()
+    assert "finetune epoch 1: " in log and "finetune_member1 epoch 1: " in log
+    assert "time/finetune_member1/epoch_s" in (run_dir / "csv" / "metrics.csv").read_text()
     net, saved = load_model(run_dir / "model.pt")
     first, second = members_of(net)
     assert saved["members"] == 2
@@ -110,6 +113,7 @@ def test_run_fine_tunes_members_and_resumes_from_the_second(tmp_path):
     assert "resuming fine-tuning of ensemble member 1" in log
     assert not (again / "checkpoints" / "pretrain_stage1").exists()
     assert not (again / "checkpoints" / "finetune").exists()  # member 0 was not trained again
+    assert " epoch 1: " not in log  # nor member 1: its checkpoint had finished its epoch
     resumed, _ = load_model(again / "model.pt")
     for a, b in zip(net.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)

@@ -68,7 +68,7 @@ class SegmentationModule(SupervisedModule):
     def __init__(self, net: torch.nn.Module, n_classes: int,
                  optimizer: Callable[..., torch.optim.Optimizer], dice_weight: float,
                  contour_weight: float, member: int = 0):  # fmt: skip
-        super().__init__(net, n_classes, optimizer, level="pixel")
+        super().__init__(net, n_classes, optimizer, level="pixel", member=member)
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.dice_weight, self.contour_weight = dice_weight, contour_weight
 

@@ -31,15 +31,23 @@ class SupervisedModule(L.LightningModule):
         n_classes: classes including background (2 for a binary target).
         optimizer: partial optimizer taking the parameters.
         level: metric level in the keys, ``patch`` or ``pixel``.
+        member: which ensemble member this trains (0 for a single network).
     """
 
     def __init__(self, net: torch.nn.Module, n_classes: int,
-                 optimizer: Callable[..., torch.optim.Optimizer], level: str):  # fmt: skip
+                 optimizer: Callable[..., torch.optim.Optimizer], level: str,
+                 member: int = 0):  # fmt: skip
         super().__init__()
-        self.net, self.optimizer, self.level = net, optimizer, level
+        self.net, self.optimizer, self.level, self.member = net, optimizer, level, member
         self.train_metrics = patch_metric_collection(n_classes, f"train/{level}/")
         self.val_metrics = patch_metric_collection(n_classes, f"val/{level}/")
         self.test_metrics = patch_metric_collection(n_classes, f"test/{level}/")
+
+    @property
+    def phase(self) -> str:
+        """The training phase, which names the checkpoint folder and the timing keys:
+        ``finetune``, or ``finetune_member<k>`` for ensemble member k >= 1."""
+        return "finetune" if self.member == 0 else f"finetune_member{self.member}"
 
     def _outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -90,7 +98,7 @@ class FinetuneModule(GroupedStepsMixin, SupervisedModule):
     def __init__(self, net: torch.nn.Module, n_classes: int,
                  optimizer: Callable[..., torch.optim.Optimizer], steps_per_batch: int = 1,
                  micro_batch: int | None = None, member: int = 0):  # fmt: skip
-        super().__init__(net, n_classes, optimizer, level="patch")
+        super().__init__(net, n_classes, optimizer, level="patch", member=member)
         self.save_hyperparameters(ignore=["net", "optimizer", "steps_per_batch", "micro_batch"])
         self._init_step_group(steps_per_batch, micro_batch)
         for param in net.parameters():
