@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     inference = meta["inference"]
     for split in ("val", "test"):
         part = dm.splits[split]
-        pred = predict_volumes(net, part.slices, inference, meta.get("model"), progress=False)
+        pred = predict_volumes(net, part.slices, inference, meta.get("model"), progress=False,
+                               slice_spacings=part.slice_spacings(dm.plane))  # fmt: skip
         plain, vetoed = [], []
         for p, labels in zip(pred, part.labels, strict=True):
             truth = class_map(labels, dm.classes).astype(bool)

@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         dice, threshold = {}, None
         for split in ("val", "test"):
             part = dm.splits[split]
-            pred = predict_volumes(net, part.slices, inference, meta.get("model"), progress=False)
+            spacings = part.slice_spacings(dm.plane)
+            pred = predict_volumes(net, part.slices, inference, meta.get("model"),
+                                   progress=False, slice_spacings=spacings)  # fmt: skip
             if split == "val":
                 truths = [class_map(labels, dm.classes) for labels in part.labels]
                 threshold, _ = calibrate(pred, truths, inference)

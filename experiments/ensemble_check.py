@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--max-size", type=int, default=3, help="largest ensemble to try")
+    parser.add_argument(
+        "--objectives",
+        nargs="+",
+        choices=("pooled", "mean"),
+        help="score each combination with each of these calibration objectives "
+        "(default: inference.calibration.objective of the config)",
+    )
     args = parser.parse_args(argv[:split_at])
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=argv[split_at + 1 :])
@@ -53,20 +60,30 @@ def main(argv: list[str] | None = None) -> int:
             }
         for s in ("val", "test"):
             pred = predict_volumes(
-                net, dm.splits[s].slices, meta["inference"], meta.get("model"), progress=False
+                net,
+                dm.splits[s].slices,
+                meta["inference"],
+                meta.get("model"),
+                progress=False,
+                slice_spacings=dm.splits[s].slice_spacings(dm.plane),
             )
             probs[run.name, s] = [p.probs for p in pred]
-    print("| models | threshold | min_size | val pooled | test Dice | test pooled | per volume |")
-    print("|---|---|---|---|---|---|---|")
+    print("| models | objective | threshold | min_size | val pooled | val mean | test Dice "
+          "| test pooled | per volume |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     names = [r.name for r in args.runs]
+    objectives = args.objectives or [inference["calibration"].get("objective", "pooled")]
     for k in range(1, min(args.max_size, len(names)) + 1):
-        for combo in itertools.combinations(names, k):
+        for combo, objective in itertools.product(itertools.combinations(names, k), objectives):
             mean = {
                 s: [np.mean(v, axis=0) for v in zip(*(probs[n, s] for n in combo), strict=True)]
                 for s in ("val", "test")
             }
             val_pred = [Prediction(p, None) for p in mean["val"]]
-            threshold, min_size, _ = calibrate_decision(val_pred, truths["val"], inference)
+            calibration = inference["calibration"] | {"objective": objective}
+            threshold, min_size, _ = calibrate_decision(
+                val_pred, truths["val"], inference | {"calibration": calibration}
+            )
             settings = inference["postprocess"] | {"min_size": min_size}
             row = {}
             for s in ("val", "test"):
@@ -78,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 per = [pixel_dice(m, t) for m, t in zip(masks, ts, strict=True)]
                 row[s] = (np.nanmean(per), 2 * tp / (2 * tp + fp + fn), per)
             per = " ".join("–" if np.isnan(v) else f"{100 * v:.0f}" for v in row["test"][2])
-            print(f"| {'+'.join(combo)} | {threshold:.2f} | {min_size} | {100 * row['val'][1]:.1f} "
+            print(f"| {'+'.join(combo)} | {objective} | {threshold:.2f} | {min_size} "
+                  f"| {100 * row['val'][1]:.1f} | {100 * row['val'][0]:.1f} "
                   f"| {100 * row['test'][0]:.1f} | {100 * row['test'][1]:.1f} | {per} |",
                   flush=True)  # fmt: skip
     return 0

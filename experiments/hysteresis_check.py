@@ -52,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     for split in ("val", "test"):
         part = dm.splits[split]
         pred = predict_volumes(
-            net, part.slices, meta["inference"], meta.get("model"), progress=False
+            net,
+            part.slices,
+            meta["inference"],
+            meta.get("model"),
+            progress=False,
+            slice_spacings=part.slice_spacings(dm.plane),
         )
         probs[split] = [p.probs[:, 0] for p in pred]
         truths[split] = [class_map(labels, dm.classes).astype(bool) for labels in part.labels]

@@ -168,3 +168,6 @@ def check_meta(path: str | Path, meta: object) -> None:
         raise CheckpointError(
             f"{path}: inference.stride must be a positive integer, got {inference['stride']!r}"
         )
+    sigma = inference.get("slice_sigma_mm", 0.0)  # files written before it: none
+    if isinstance(sigma, bool) or not (isinstance(sigma, (int, float)) and sigma >= 0):
+        raise CheckpointError(f"{path}: inference.slice_sigma_mm must be >= 0, got {sigma!r}")

@@ -20,7 +20,7 @@ from penn.context import context_image, input_channels
 from penn.io import DataError, Volume, list_cases, read_case, read_dataset_json
 from penn.patches import border_pad, label_patches, pad_slices
 from penn.phantom import PhantomSpec, write_phantom_dataset
-from penn.preprocess import label_slices, preprocess_volume, to_slices
+from penn.preprocess import PLANE_AXIS, label_slices, preprocess_volume, to_slices
 
 __all__ = [
     "SplitVolumes",
@@ -59,6 +59,10 @@ class SplitVolumes:
     @property
     def names(self) -> list[str]:
         return [v.name for v in self.volumes]
+
+    def slice_spacings(self, plane: str) -> list[float]:
+        """Per volume, the distance in mm between its slices along ``plane``."""
+        return [v.spacing[PLANE_AXIS[plane]] for v in self.volumes]
 
 
 def split_cases(names: list[str], val_fraction: float, test_fraction: float, seed: int,

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from penn.checkpoint import load_model
 from penn.evaluation import predict_volumes, score
 from penn.io import DataError, list_cases, read_case, read_dataset_json
-from penn.preprocess import label_slices, preprocess_volume, to_slices
+from penn.preprocess import PLANE_AXIS, label_slices, preprocess_volume, to_slices
 from penn.reports import metrics_table, write_metrics
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,10 @@ def score_folder(net, meta: dict, root: Path, classes: list[list[int]], names: l
     data = meta["data"]
     allowed = sorted(int(v) for v in read_dataset_json(root)["labels"].values())
     plane, spacing = data["plane"], data["preprocess"].get("spacing")
-    slices, labels, working_labels = [], [], []
+    slices, labels, working_labels, slice_spacings = [], [], [], []
     for case in list_cases(root):
         volume = read_case(case, allowed)
+        slice_spacings.append(volume.spacing[PLANE_AXIS[plane]])
         slices.append(preprocess_volume(volume.image, plane, voxel_spacing=volume.spacing,
                                         **data["preprocess"]))  # fmt: skip
         labels.append(to_slices(volume.labels, plane))
@@ -72,7 +73,12 @@ def score_folder(net, meta: dict, root: Path, classes: list[list[int]], names: l
     if not slices:
         raise DataError(f"{root}: no labelled volumes")
     predictions = predict_volumes(
-        net, slices, inference, meta.get("model"), shapes=[lab.shape[1:] for lab in labels]
+        net,
+        slices,
+        inference,
+        meta.get("model"),
+        shapes=[lab.shape[1:] for lab in labels],
+        slice_spacings=slice_spacings,
     )
     metrics, _ = score(
         predictions,

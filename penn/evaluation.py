@@ -17,6 +17,7 @@ from penn.inference import (
     postprocess,
     segment_slices,
     segment_slices_pixelwise,
+    smooth_across_slices,
 )
 from penn.metrics import confusion_counts, summarize
 from penn.models.ensemble import members_of
@@ -67,8 +68,8 @@ def default_device() -> torch.device:
 
 def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict | None = None,
                     device: torch.device | str | None = None, progress: bool = True,
-                    patches: bool = True,
-                    shapes: list[tuple[int, int]] | None = None) -> list[Prediction]:  # fmt: skip
+                    patches: bool = True, shapes: list[tuple[int, int]] | None = None,
+                    slice_spacings: list[float] | None = None) -> list[Prediction]:  # fmt: skip
     """Dense probabilities for each volume's (S, H, W) slices.
 
     Args:
@@ -84,11 +85,24 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
         shapes: per volume, the (H, W) of its own slices when ``slices`` were resampled to
             the network's spacing (``data.preprocess.spacing``): the pixel probabilities are
             resampled back to it (bilinear); the patch grid stays on the working grid.
+        slice_spacings: per volume, the distance between its slices in mm; needed when
+            ``inference.slice_sigma_mm`` > 0, which smooths the pixel probabilities across
+            slices (:func:`penn.inference.smooth_across_slices`; the patch grid is left as the
+            network gave it).
     """
     predictions = _predict(net, slices, inference, model, device, progress, patches)
     if shapes is not None:
         for pred, shape in zip(predictions, shapes, strict=True):
             pred.probs = resize_in_plane(pred.probs, shape, order=1)
+    sigma = float(inference.get("slice_sigma_mm", 0.0))  # files saved before it: none
+    if sigma > 0:
+        if slice_spacings is None:
+            raise ValueError(
+                f"inference.slice_sigma_mm={sigma:g} smooths across slices: pass each volume's "
+                "slice spacing (slice_spacings)"
+            )
+        for pred, spacing in zip(predictions, slice_spacings, strict=True):
+            pred.probs = smooth_across_slices(pred.probs, sigma, spacing)
     return predictions
 
 
@@ -184,7 +198,9 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
     """The decision threshold and post-processing ``min_size``, chosen on validation.
 
     ``inference.calibration.method``: ``joint`` searches every (threshold, min_size) pair of the
-    threshold grid and ``calibration.min_sizes`` for the best pooled validation Dice; ``grid``
+    threshold grid and ``calibration.min_sizes`` for the best validation Dice (pooled over the
+    voxels, or with ``calibration.objective=mean`` the mean per volume as penn.metrics scores
+    it); ``grid``
     chooses the threshold alone (:func:`calibrate`), then ``min_size`` at that threshold
     (:func:`calibrate_min_size`); ``fixed`` keeps ``inference.threshold``. Multi-class networks
     (argmax) choose ``min_size`` alone.
@@ -193,6 +209,13 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
         (threshold or None for argmax, min_size, a dict that records the choice; its
         ``postprocess`` entry records the min_size candidates).
     """
+    if inference["calibration"].get("objective", "pooled") != "pooled" and (
+        inference["calibration"]["method"] != "joint"
+    ):
+        raise ValueError(
+            "inference.calibration.objective="
+            f"{inference['calibration']['objective']!r} needs calibration.method=joint"
+        )
     joint = (
         inference["calibration"]["method"] == "joint"
         and predictions[0].probs.shape[1] == 1
@@ -205,12 +228,16 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
         )
         return threshold, min_size, record
     c, settings = inference["calibration"], inference["postprocess"]
+    objective = c.get("objective", "pooled")
+    if objective not in ("pooled", "mean"):
+        raise ValueError(f"inference.calibration.objective={objective!r}: use 'pooled' or 'mean'")
     grid = np.round(np.arange(c["low"], c["high"] + 1e-9, c["step"]), 6)
     sizes = [int(m) for m in c.get("min_sizes") or [settings["min_size"]]]
-    tp, fp = np.zeros((len(grid), len(sizes))), np.zeros((len(grid), len(sizes)))
-    n_pos = sum(int(t.sum()) for t in truths)
-    for pred, truth in zip(predictions, truths, strict=True):
+    shape = (len(predictions), len(grid), len(sizes))
+    tp, fp, n_pos = np.zeros(shape), np.zeros(shape), np.zeros((len(predictions), 1, 1))
+    for v, (pred, truth) in enumerate(zip(predictions, truths, strict=True)):
         probs, truth = pred.probs[:, 0], truth.astype(bool).ravel()
+        n_pos[v] = truth.sum()
         for i, threshold in enumerate(grid):
             mask = open_in_plane(probs >= threshold, settings["opening_radius"])
             components = measure.label(mask).ravel()
@@ -218,22 +245,37 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
             hits = np.bincount(components, weights=truth, minlength=len(size) + 1)[1:]
             for j, min_size in enumerate(sizes):
                 keep = kept_components(size, min_size, settings["keep_largest"])
-                tp[i, j] += hits[keep].sum()
-                fp[i, j] += (size[keep] - hits[keep]).sum()
-    dice = 2 * tp / np.maximum(tp + fp + n_pos, 1)
+                tp[v, i, j] = hits[keep].sum()
+                fp[v, i, j] = (size[keep] - hits[keep]).sum()
+    pooled = 2 * tp.sum(0) / np.maximum(tp.sum(0) + fp.sum(0) + n_pos.sum(), 1)
+    # per volume as penn.metrics scores it: a volume with neither truth nor prediction has no
+    # Dice and is left out of the mean; a false positive on a target-free volume scores 0
+    den = tp + fp + n_pos
+    with np.errstate(invalid="ignore"):
+        per_volume = np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan)
+    counted = (den > 0).sum(0)
+    mean = np.where(counted > 0, np.nansum(per_volume, 0) / np.maximum(counted, 1), 0.0)
+    dice = pooled if objective == "pooled" else mean
     # ties: the smallest min_size, then the lowest threshold
     i, j = min(np.argwhere(dice == dice.max()).tolist(), key=lambda ij: (sizes[ij[1]], ij[0]))
-    threshold, min_size, best = float(grid[i]), sizes[j], float(dice[i, j])
-    log.info("calibrated threshold %.3f and min_size %d together on validation (pooled pixel "
-             "Dice %.4f)", threshold, min_size, best)  # fmt: skip
+    threshold, min_size = float(grid[i]), sizes[j]
+    log.info("calibrated threshold %.3f and min_size %d together on validation (%s pixel Dice "
+             "%.4f, pooled %.4f, mean per volume %.4f)", threshold, min_size, objective,
+             dice[i, j], pooled[i, j], mean[i, j])  # fmt: skip
     per_size = {m: float(dice[:, k].max()) for k, m in enumerate(sizes)}
     return (
         threshold,
         min_size,
         {
             "method": "joint",
-            "val_pooled_dice": best,
-            "postprocess": {"min_size": min_size, "method": "joint", "val_pooled_dice": per_size},
+            "objective": objective,
+            "val_pooled_dice": float(pooled[i, j]),
+            "val_mean_dice": float(mean[i, j]),
+            "postprocess": {
+                "min_size": min_size,
+                "method": "joint",
+                f"val_{objective}_dice": per_size,
+            },
         },
     )
 

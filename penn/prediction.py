@@ -40,7 +40,7 @@ from penn.io import (
     write_nifti,
 )
 from penn.mesh import mesh_bytes, surface_mesh
-from penn.preprocess import from_slices, preprocess_volume, slice_grid, to_slices
+from penn.preprocess import PLANE_AXIS, from_slices, preprocess_volume, slice_grid, to_slices
 from penn.reports import overlay_figure, pick_slices
 
 __all__ = [
@@ -187,8 +187,10 @@ def segment_volume(net, volume: Volume, data: dict, inference: dict, device,
     grid = slice_grid(volume.image.shape, volume.spacing, plane, data["preprocess"].get("spacing"))
     slices = preprocess_volume(volume.image, plane, voxel_spacing=volume.spacing,
                                **data["preprocess"])  # fmt: skip
+    spacing = volume.spacing[PLANE_AXIS[plane]]  # between slices
     probs = predict_volumes(net, [slices], inference, model, device, progress=False,
-                            patches=False, shapes=[grid.native])[0].probs  # fmt: skip
+                            patches=False, shapes=[grid.native],
+                            slice_spacings=[spacing])[0].probs  # fmt: skip
     slices = grid.to_native(slices, order=1)
     labels = postprocess(decide(probs, inference["threshold"]), **inference["postprocess"])
     per_class = probs[:, 0] if probs.shape[1] == 1 else np.moveaxis(probs, 1, -1)

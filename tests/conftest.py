@@ -78,7 +78,8 @@ def assert_model_reproduces_test_counts(net, meta: dict, run_dir: Path, override
     dm = instantiate(compose_cfg(overrides, data_dir, run_dir / "again").data)
     dm.setup("test")
     test, inference = dm.splits["test"], meta["inference"]
-    pred = predict_volumes(net, test.slices[:1], inference, progress=False)[0]
+    pred = predict_volumes(net, test.slices[:1], inference, progress=False,
+                           slice_spacings=test.slice_spacings(dm.plane)[:1])[0]  # fmt: skip
     mask = postprocess(decide(pred.probs, inference["threshold"]),
                        **inference["postprocess"]).astype(bool)  # fmt: skip
     truth = class_map(test.labels[0], dm.classes).astype(bool)

@@ -189,22 +189,23 @@ def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_
 
 
 @pytest.mark.parametrize(
-    ("overrides", "epochs", "mined", "gamma", "context", "members"),
+    ("overrides", "epochs", "mined", "gamma", "context", "members", "sigma"),
     [
-        ([], 8, 0.75, [0.8, 1.25], 8, 3),  # the phantom: conf/tuning/phantom_penn.yaml
-        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0], 4, 1),  # conf/tuning/lumbar_vb_penn.yaml
-        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0], 4, 1),  # CLI wins
-        (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25], 0, 1),  # no tuning file for it
-        (["data=lumbar_vb", "+experiment=paper"], 15, 0.0, [0.5, 2.0], 0, 1),  # the paper's
-        (["+experiment=paper"], 8, 0.0, [0.8, 1.25], 0, 1),  # one network on the phantom too
-        (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25], 0, 1),  # other models: own
+        ([], 8, 0.75, [0.8, 1.25], 8, 3, 3.0),  # the phantom: conf/tuning/phantom_penn.yaml
+        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0], 4, 1, 0.0),  # conf/tuning/lumbar_vb_penn.yaml
+        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0], 4, 1, 0.0),  # CLI wins
+        (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0),  # no tuning file for it
+        (["data=lumbar_vb", "+experiment=paper"], 15, 0.0, [0.5, 2.0], 0, 1, 0.0),  # the paper's
+        (["+experiment=paper"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0),  # one network on the phantom too
+        (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25], 0, 1, 0.0),  # other models: own
     ],
 )
 def test_per_dataset_tuning_sets_penns_finetuning(overrides, epochs, mined, gamma, context,
-                                                  members, tmp_path):  # fmt: skip
+                                                  members, sigma, tmp_path):  # fmt: skip
     cfg = compose_train(overrides, tmp_path)
     finetune = cfg.model.finetune
     assert finetune.epochs == epochs and finetune.members == members
+    assert cfg.inference.slice_sigma_mm == sigma
     assert (finetune.hard_negatives.fraction if "hard_negatives" in finetune else None) == mined
     assert list(cfg.data.augment.gamma) == gamma
     assert cfg.data.patches.context_dilation == context

@@ -128,3 +128,12 @@ def test_resuming_a_member_the_config_does_not_have_is_refused(tmp_path):
                 check=False)  # fmt: skip
     assert proc.returncode != 0
     assert "checkpoint of ensemble member 1, but model.finetune.members=1" in proc.stderr
+
+
+def test_model_file_with_a_negative_slice_sigma_is_refused(tmp_path):
+    path = save_model(tmp_path / "model.pt", networks(1, 1)[0], meta(1))
+    blob = torch.load(path, weights_only=True)
+    blob["meta"]["inference"]["slice_sigma_mm"] = -1.0
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match="model.pt: inference.slice_sigma_mm must be >= 0"):
+        load_model(path)

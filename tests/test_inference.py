@@ -302,3 +302,83 @@ def test_joint_calibration_equals_brute_force_over_thresholds_and_min_sizes(post
         inference["calibration"]["method"] = "grid"
         grid_threshold, grid_min_size, _ = calibrate_decision(predictions, truths, inference)
         assert grid_threshold > 0.5 and dice[grid_threshold, grid_min_size] < 0.9
+
+
+def test_joint_calibration_objective_mean_scores_false_positives_on_target_free_volumes():
+    """Hand-counted: volume A holds a 200-voxel lesion (150 voxels at p 0.9, 50 at 0.65),
+    volume B no target but a 20-voxel blob at 0.65. Threshold 0.5: A Dice 1, B Dice 0 (20 FP),
+    pooled 400 / 420, mean per volume 0.5. Threshold 0.7: A Dice 300 / 350, B nothing predicted
+    (no Dice, left out), pooled and mean 300 / 350."""
+    from penn.evaluation import Prediction, calibrate_decision
+
+    truth_a, probs_a = np.zeros((2, 20, 20), np.uint8), np.zeros((2, 20, 20), np.float32)
+    truth_a[:, 2:12, 2:12] = 1
+    probs_a[:, 2:12, 2:12] = 0.9
+    probs_a[0, 2:7, 2:12] = 0.65  # 50 lesion voxels at 0.65
+    truth_b, probs_b = np.zeros((2, 20, 20), np.uint8), np.zeros((2, 20, 20), np.float32)
+    probs_b[0, 10:14, 10:15] = 0.65  # 20 voxels, a false positive
+    predictions = [Prediction(p[:, None], None) for p in (probs_a, probs_b)]
+    inference = {
+        "threshold": 0.5,
+        "calibration": {"method": "joint", "objective": "pooled", "low": 0.5, "high": 0.7,
+                        "step": 0.2, "min_sizes": [0]},
+        "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0},
+    }  # fmt: skip
+    threshold, _, record = calibrate_decision(predictions, [truth_a, truth_b], inference)
+    assert threshold == 0.5
+    assert record["val_pooled_dice"] == pytest.approx(400 / 420)
+    assert record["val_mean_dice"] == pytest.approx(0.5)
+    inference["calibration"]["objective"] = "mean"
+    threshold, _, record = calibrate_decision(predictions, [truth_a, truth_b], inference)
+    assert threshold == 0.7
+    assert record["val_pooled_dice"] == pytest.approx(300 / 350)
+    assert record["val_mean_dice"] == pytest.approx(300 / 350)
+    inference["calibration"]["objective"] = "median"
+    with pytest.raises(ValueError, match="objective='median'"):
+        calibrate_decision(predictions, [truth_a, truth_b], inference)
+    inference["calibration"] |= {"objective": "mean", "method": "grid"}
+    with pytest.raises(ValueError, match="needs calibration.method=joint"):
+        calibrate_decision(predictions, [truth_a, truth_b], inference)
+
+
+def test_smoothing_across_slices_is_a_gaussian_in_mm():
+    """A one-slice spot in the middle of 9 slices, 3 mm apart, sigma 3 mm (one slice): slice
+    4 + d keeps exp(-d^2 / 2) / sum over |k| <= 4 of exp(-k^2 / 2) of it (scipy's kernel reaches
+    4 sigma); a spot that continues over every slice is left as it is."""
+    from penn.inference import smooth_across_slices
+
+    probs = np.zeros((9, 1, 3, 3), np.float32)
+    probs[4, 0, 1, 1] = 1.0
+    probs[:, 0, 0, 0] = 0.7
+    out = smooth_across_slices(probs, sigma_mm=3.0, slice_spacing=3.0)
+    weights = np.exp(-(np.arange(-4, 5) ** 2) / 2)
+    np.testing.assert_allclose(out[:, 0, 1, 1], weights / weights.sum(), atol=1e-6)
+    np.testing.assert_allclose(out[:, 0, 0, 0], 0.7, atol=1e-6)
+    assert out[4, 0, 1, 1] < 0.5  # a one-slice spot at 1.0 falls below 0.5
+    np.testing.assert_allclose(
+        smooth_across_slices(probs, 6.0, 2.0), smooth_across_slices(probs, 3.0, 1.0), atol=1e-7
+    )
+    assert smooth_across_slices(probs, 0.0, 3.0) is probs
+    with pytest.raises(ValueError, match="slice spacing 0.0 mm"):
+        smooth_across_slices(probs, 3.0, 0.0)
+
+
+def test_predict_volumes_smooths_across_each_volumes_own_slices():
+    from penn.evaluation import predict_volumes
+    from penn.inference import smooth_across_slices
+
+    torch.manual_seed(0)
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=1, n_nodes=4, n_outputs=1).eval()
+    volumes = [np.random.default_rng(k).random((5, 12, 12)).astype(np.float32) for k in (1, 2)]
+    inference = {"stride": 2, "batch_slices": 2, "aggregate": "center", "center_sigma": 0.0}
+    plain = predict_volumes(net, volumes, inference, device="cpu", progress=False)
+    inference["slice_sigma_mm"] = 3.0
+    smooth = predict_volumes(net, volumes, inference, device="cpu", progress=False,
+                             slice_spacings=[3.0, 1.5])  # fmt: skip
+    for p, s, spacing in zip(plain, smooth, [3.0, 1.5], strict=True):
+        expected = smooth_across_slices(p.probs, 3.0, spacing)
+        assert not np.allclose(expected, p.probs)
+        np.testing.assert_allclose(s.probs, expected, atol=1e-6)
+        np.testing.assert_array_equal(s.patch_probs, p.patch_probs)  # the network's own grid
+    with pytest.raises(ValueError, match="slice_sigma_mm=3 smooths across slices"):
+        predict_volumes(net, volumes, inference, device="cpu", progress=False)
