@@ -200,9 +200,8 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
     ``inference.calibration.method``: ``joint`` searches every (threshold, min_size) pair of the
     threshold grid and ``calibration.min_sizes`` for the best validation Dice (pooled over the
     voxels, or with ``calibration.objective=mean`` the mean per volume as penn.metrics scores
-    it); ``grid``
-    chooses the threshold alone (:func:`calibrate`), then ``min_size`` at that threshold
-    (:func:`calibrate_min_size`); ``fixed`` keeps ``inference.threshold``. Multi-class networks
+    it); ``grid`` chooses the threshold alone (:func:`calibrate`), then ``min_size`` at that
+    threshold (:func:`calibrate_min_size`); ``fixed`` keeps ``inference.threshold``. Multi-class networks
     (argmax) choose ``min_size`` alone.
 
     Returns:

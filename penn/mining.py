@@ -83,6 +83,8 @@ class HardNegativeMining(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.fraction <= 0:
             return
+        if trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1:
+            return  # the last epoch: no epoch follows that would draw the mined set
         dataset, sampler = self._stream(trainer)
         background = np.flatnonzero(dataset.targets == 0)
         wanted = int(round(self.fraction * sampler.n_majority))
