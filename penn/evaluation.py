@@ -201,8 +201,8 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
     threshold grid and ``calibration.min_sizes`` for the best validation Dice (pooled over the
     voxels, or with ``calibration.objective=mean`` the mean per volume as penn.metrics scores
     it); ``grid`` chooses the threshold alone (:func:`calibrate`), then ``min_size`` at that
-    threshold (:func:`calibrate_min_size`); ``fixed`` keeps ``inference.threshold``. Multi-class networks
-    (argmax) choose ``min_size`` alone.
+    threshold (:func:`calibrate_min_size`); ``fixed`` keeps ``inference.threshold``. Multi-class
+    networks (argmax) choose ``min_size`` alone.
 
     Returns:
         (threshold or None for argmax, min_size, a dict that records the choice; its

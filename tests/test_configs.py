@@ -192,8 +192,8 @@ def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_
     ("overrides", "epochs", "mined", "gamma", "context", "members", "sigma"),
     [
         ([], 8, 0.75, [0.8, 1.25], 8, 3, 3.0),  # the phantom: conf/tuning/phantom_penn.yaml
-        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0], 4, 1, 0.0),  # conf/tuning/lumbar_vb_penn.yaml
-        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0], 4, 1, 0.0),  # CLI wins
+        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0], 4, 1, 6.0),  # conf/tuning/lumbar_vb_penn.yaml
+        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0], 4, 1, 6.0),  # CLI wins
         (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0),  # no tuning file for it
         (["data=lumbar_vb", "+experiment=paper"], 15, 0.0, [0.5, 2.0], 0, 1, 0.0),  # the paper's
         (["+experiment=paper"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0),  # one network on the phantom too
