@@ -19,10 +19,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from trained_run import CONF, pixel_dice
+from trained_run import pixel_dice, set_up_data
 
 from penn.checkpoint import load_model
 from penn.evaluation import Prediction, calibrate_decision, class_map, predict_volumes
@@ -43,11 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         "(default: inference.calibration.objective of the config)",
     )
     args = parser.parse_args(argv[:split_at])
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=argv[split_at + 1 :])
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
+    cfg, dm = set_up_data(argv[split_at + 1 :])
     truths = {
         s: [class_map(lab, dm.classes) for lab in dm.splits[s].labels] for s in ("val", "test")
     }

@@ -20,11 +20,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from skimage import measure
-from trained_run import CONF, pixel_dice
+from trained_run import pixel_dice, set_up_data
 
 from penn.checkpoint import load_model
 from penn.evaluation import Prediction, calibrate_decision, class_map, predict_volumes
@@ -39,11 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 1.5, 3.0, 4.5, 6.0],
                         help="sigmas in mm")  # fmt: skip
     args = parser.parse_args(argv[:split_at])
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=argv[split_at + 1 :])
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
+    cfg, dm = set_up_data(argv[split_at + 1 :])
     splits = ("val", "test")
     truths = {s: [class_map(lab, dm.classes) > 0 for lab in dm.splits[s].labels] for s in splits}
     calibration = OmegaConf.to_container(cfg.inference.calibration, resolve=True)

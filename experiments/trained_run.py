@@ -18,6 +18,16 @@ from penn.checkpoint import load_model
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
+def set_up_data(overrides: list[str]):
+    """(config, set-up DataModule) composed from ``conf/`` with these Hydra overrides."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    return cfg, dm
+
+
 def load_run(description: str, argv: list[str] | None = None):
     """(arguments, set-up DataModule, network, model.pt metadata) of ``RUN [overrides ...]``.
 
@@ -27,11 +37,7 @@ def load_run(description: str, argv: list[str] | None = None):
     parser.add_argument("run", type=Path, help="a penn.run output folder holding model.pt")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides that rebuild its data")
     args = parser.parse_args(argv)
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=args.overrides)
-    dm = instantiate(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
+    _, dm = set_up_data(args.overrides)
     net, meta = load_model(args.run / "model.pt")
     return args, dm, net, meta
 
