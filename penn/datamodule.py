@@ -6,6 +6,7 @@ integer index (volume, slice, y, x) per patch, and cut each batch out of the sli
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,27 +307,29 @@ class DevicePatchLoader:
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
         self.steps_per_batch = int(steps_per_batch)
         self.device, self.seed, self.drop_last = torch.device(device), int(seed), drop_last
-        index = dataset.index.astype(np.int64)
-        self.channels = []  # per channel: (flat volumes, corner per row, width per row, step)
+        # the (volume, slice, y, x) rows as they are (on the CPU: the dataset's own array)
+        self.index = torch.from_numpy(np.ascontiguousarray(dataset.index)).to(self.device)
+        self.channels = []  # per channel: (flat volumes, (V, 3) base/height/width, shift, step)
         for kind, shift, step in dataset.sources():
             volumes = [dataset.source(kind, v) for v in range(len(dataset.slices))]
             shapes = np.array([s.shape for s in volumes], dtype=np.int64)  # (V, 3)
             base = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))[:-1]])
-            height, width = shapes[index[:, 0], 1], shapes[index[:, 0], 2]
-            y, x = index[:, 2] + shift, index[:, 3] + shift
-            corner = base[index[:, 0]] + (index[:, 1] * height + y) * width + x
+            geometry = np.stack([base, shapes[:, 1], shapes[:, 2]], axis=1)
             flat = torch.from_numpy(np.concatenate([s.reshape(-1) for s in volumes]))
-            self.channels.append((flat.to(self.device), torch.from_numpy(corner).to(self.device),
-                                  torch.from_numpy(width).to(self.device), step))  # fmt: skip
+            self.channels.append((flat.to(self.device), torch.from_numpy(geometry).to(self.device),
+                                  shift, step))  # fmt: skip
         self.targets = torch.from_numpy(dataset.targets.astype(np.int64)).to(self.device)
         self.steps = torch.arange(dataset.patch_size, device=self.device)
 
-    def _cut(self, rows: torch.Tensor, flat, corner, width, step: int) -> torch.Tensor:
+    def _cut(self, rows: torch.Tensor, flat, geometry, shift: int, step: int) -> torch.Tensor:
         """One channel of the patches at ``rows``: (B, n, n), one gather on the device."""
-        width = width[rows, None, None]
+        index = self.index[rows].long()  # (B, 4)
+        base, height, width = geometry[index[:, 0]].unbind(1)
+        y, x = index[:, 2] + shift, index[:, 3] + shift
+        corner = base + (index[:, 1] * height + y) * width + x
         steps = self.steps * step
-        offsets = steps[:, None] * width + steps[None, :]  # (B, n, n)
-        return flat[corner[rows, None, None] + offsets]
+        offsets = steps[:, None] * width[:, None, None] + steps[None, :]  # (B, n, n)
+        return flat[corner[:, None, None] + offsets]
 
     def _steps(self) -> int:
         full, rest = divmod(len(self.sampler), self.batch_size)
@@ -632,8 +635,13 @@ class PatchDataModule(L.LightningDataModule):
 
     def _loader(self, name: str) -> DataLoader:
         cfg = self.loader_cfg
-        workers, dataset = cfg["num_workers"], self._dataset(name)
         train = name == "train"
+        if train:
+            # Each training phase (pretraining stage, ensemble member) fits with a new Trainer;
+            # the last one's loader and dataset (copies of every training slice, hundreds of
+            # MB) sit in reference cycles with it until a full collection. Free them first.
+            gc.collect()
+        workers, dataset = cfg["num_workers"], self._dataset(name)
         sampler = self._balanced_sampler(dataset) if train else None
         if train:  # kept for hard-negative mining (penn.mining)
             self.train_dataset, self.train_sampler = dataset, sampler

@@ -195,7 +195,8 @@ def test_batches_cross_processes_by_value_through_a_wide_pipe(dm):
     if sys.platform.startswith("linux") and limit.is_file():
         import fcntl
 
-        dm.loader_cfg["num_workers"] = 1
+        # the host loader's worker processes (the default cuts batches in the main process)
+        dm.loader_cfg.update(num_workers=1, on_device=False)
         loader = dm.train_dataloader()
         iterator = iter(loader)
         next(iterator)
@@ -241,6 +242,26 @@ def test_device_loader_gives_the_host_loaders_batches(cfg_tiny):
         for (xh, yh), (xd, yd) in batches:
             assert xd.shape == xh.shape and xd.dtype == torch.float32
             assert torch.equal(xd, xh) and torch.equal(yd, yh)
+
+
+def test_a_new_training_loader_frees_the_last_one_held_in_a_cycle(dm):
+    """A finished phase's Trainer holds its loader in reference cycles; building the next
+    phase's loader must free it (the slices it copied), not wait for a full collection."""
+    import gc
+    import weakref
+
+    gc.disable()  # as between Python's own collections
+    try:
+        first = dm.train_dataloader()
+        finished_trainer = {"loader": first}
+        finished_trainer["self"] = finished_trainer  # a cycle, as trainer <-> module
+        dead = weakref.ref(first)
+        del first, finished_trainer
+        assert dead() is not None  # only a collection frees a cycle
+        dm.train_dataloader()
+        assert dead() is None
+    finally:
+        gc.enable()
 
 
 def test_device_loader_groups_consecutive_batches(cfg_tiny):
