@@ -121,7 +121,22 @@ def finetune_module(net, steps):
                           steps_per_batch=steps, micro_batch=16)  # fmt: skip
 
 
-@pytest.mark.parametrize("make_module", [pretrain_module, finetune_module])
+def finetune_module_lbfgs(net, steps):
+    """LBFGS needs a closure (one loss evaluation per step at max_iter=1)."""
+    return FinetuneModule(net, n_classes=2,
+                          optimizer=lambda p: torch.optim.LBFGS(p, lr=0.1, max_iter=1),
+                          steps_per_batch=steps, micro_batch=16)  # fmt: skip
+
+
+def finetune_module_sgd(net, steps):
+    return FinetuneModule(net, n_classes=2,
+                          optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+                          steps_per_batch=steps, micro_batch=16)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "make_module", [pretrain_module, finetune_module, finetune_module_lbfgs, finetune_module_sgd]
+)
 def test_grouped_steps_take_the_same_updates_as_single_steps(make_module):
     """data.loader.steps_per_batch: batches of 3 x 16 (and a last one of 16) stepped through one
     micro-batch at a time give the weights, step count and epoch loss of plain batches of 16."""

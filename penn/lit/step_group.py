@@ -85,11 +85,29 @@ class StepGroup:
         self._outputs: list[dict[str, torch.Tensor]] = []
 
     def _one(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.optimizer.zero_grad(set_to_none=False)
-        out = self.step(x, y)
-        out["loss"].backward()
-        self.optimizer.step()
+        out: dict[str, torch.Tensor] = {}
+
+        def closure() -> torch.Tensor:
+            self.optimizer.zero_grad(set_to_none=False)
+            out.update(self.step(x, y))
+            out["loss"].backward()
+            return out["loss"]
+
+        if self._needs_closure:  # LBFGS evaluates the loss itself, maybe several times
+            self.optimizer.step(closure)
+        else:
+            closure()
+            self.optimizer.step()
         return out
+
+    @property
+    def _needs_closure(self) -> bool:
+        """Whether the optimizer's ``step`` requires a closure (LBFGS), as Lightning passes one."""
+        try:
+            param = inspect.signature(self.optimizer.step).parameters.get("closure")
+        except (TypeError, ValueError):
+            return False
+        return param is not None and param.default is inspect.Parameter.empty
 
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         m = self.micro_batch
