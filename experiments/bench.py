@@ -653,7 +653,10 @@ def main(argv: list[str] | None = None) -> int:
     if "volume" in sections:
         results["volume"] = [bench_volume(cfg, shape) for shape in cfg.volume.shapes]
     if sections & {"stream", "training"}:
-        train_cfg = compose_train(cfg, [f"data.loader.num_workers={cfg.stream.num_workers}"])
+        # the host DataLoader stream (worker processes, one optimizer step per batch), the one
+        # a multi-process (DDP) run reads; single-device runs cut their batches on the device
+        host = ["data.loader.on_device=false", "data.loader.steps_per_batch=1"]
+        train_cfg = compose_train(cfg, [*host, f"data.loader.num_workers={cfg.stream.num_workers}"])
         dm = datamodule(train_cfg)
         if "stream" in sections:
             results["stream"] = bench_stream(cfg, dm)

@@ -102,13 +102,20 @@ def pretrain(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | No
 
 
 def step_group(cfg: DictConfig) -> dict[str, int]:
-    """Optimizer steps per training batch (``data.loader.steps_per_batch``) and their size."""
+    """Optimizer steps per training batch (``data.loader.steps_per_batch``) and their size.
+
+    Groups of steps apply to the patch stream of patch classifiers (PENN, OP-convNet); a
+    pixel-wise net trains on batches of whole slices, one step each.
+    """
     steps = int(cfg.data.loader.get("steps_per_batch", 1))
     if steps > 1 and model_info(cfg)["level"] != "patch":
-        raise ValueError(
-            f"data.loader.steps_per_batch={steps} applies to patch classifiers (PENN, "
-            f"OP-convNet); {cfg.model.name} trains on whole slices: set it to 1"
+        log.info(
+            "data.loader.steps_per_batch=%d applies to patch classifiers; %s trains on whole "
+            "slices, one optimizer step per batch",
+            steps,
+            cfg.model.name,
         )
+        steps = 1
     return {"steps_per_batch": steps, "micro_batch": int(cfg.data.loader.batch_size)}
 
 

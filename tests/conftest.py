@@ -22,6 +22,7 @@ TINY_DATA = [
     "data.split.val=0.2",
     "data.split.test=0.2",
     "data.loader.batch_size=32",
+    "data.loader.steps_per_batch=1",  # limit_train_batches counts batches of 32, not groups
     "data.loader.max_eval_patches=500",
     "inference.stride=4",
     "inference.overlays=1",

@@ -100,10 +100,11 @@ def test_paper_experiment_is_the_papers_protocol(tmp_path):
 
 
 def test_step_groups_are_for_patch_classifiers_only(tmp_path):
-    assert step_group(compose_train([], tmp_path)) == {"steps_per_batch": 1, "micro_batch": 64}
+    cfg = compose_train(["data.loader.steps_per_batch=4"], tmp_path)
+    assert step_group(cfg) == {"steps_per_batch": 4, "micro_batch": 64}
+    # a whole-slice net takes one step per batch of slices, whatever the patch stream's groups
     cfg = compose_train(["model=unet", "data.loader.steps_per_batch=4"], tmp_path)
-    with pytest.raises(ValueError, match="steps_per_batch=4 applies to patch classifiers"):
-        step_group(cfg)
+    assert step_group(cfg) == {"steps_per_batch": 1, "micro_batch": 64}
 
 
 def test_optuna_search_maximises_the_value_train_returns(tmp_path):
@@ -129,6 +130,8 @@ def test_trainer_and_logger_options_instantiate(trainer, logger, tmp_path):
     built = build_trainer(cfg)
     if trainer == "ddp":
         assert isinstance(built.strategy, DDPStrategy) and cfg.trainer.num_nodes == 1
+        # each process reads its share through a DataLoader: no on-device patch stream
+        assert not cfg.data.loader.on_device and cfg.data.loader.steps_per_batch == 1
     loggers = {name: instantiate(node) for name, node in cfg.logger.items()}
     assert isinstance(loggers["csv"], CSVLogger)
     if logger == "wandb":  # building the logger starts no run and touches no network
