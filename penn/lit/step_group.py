@@ -61,6 +61,15 @@ def count_optimizer_steps(trainer: L.Trainer, n: int) -> None:
     trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(n)
 
 
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's ``step`` requires a closure (LBFGS), as Lightning passes one."""
+    try:
+        param = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.default is inspect.Parameter.empty
+
+
 class StepGroup:
     """Runs one optimizer step per ``micro_batch`` rows of a batch; on CUDA, as a CUDA graph.
 
@@ -83,6 +92,7 @@ class StepGroup:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: tuple[torch.Tensor, torch.Tensor] | None = None
         self._outputs: list[dict[str, torch.Tensor]] = []
+        self.needs_closure = _needs_closure(optimizer)
 
     def _one(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -93,21 +103,12 @@ class StepGroup:
             out["loss"].backward()
             return out["loss"]
 
-        if self._needs_closure:  # LBFGS evaluates the loss itself, maybe several times
+        if self.needs_closure:  # LBFGS evaluates the loss itself, maybe several times
             self.optimizer.step(closure)
         else:
             closure()
             self.optimizer.step()
         return out
-
-    @property
-    def _needs_closure(self) -> bool:
-        """Whether the optimizer's ``step`` requires a closure (LBFGS), as Lightning passes one."""
-        try:
-            param = inspect.signature(self.optimizer.step).parameters.get("closure")
-        except (TypeError, ValueError):
-            return False
-        return param is not None and param.default is inspect.Parameter.empty
 
     def _eager(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         m = self.micro_batch
