@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -29,6 +27,7 @@ from .predict_helpers import (
     spine_volume,
     write_model,
 )
+from .processes import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -281,10 +280,7 @@ def test_folder_skips_and_names_a_corrupt_scan_and_exits_nonzero(models, tmp_pat
     (scans / "notes.txt").write_text("not a scan")
     before = tree(scans)
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "penn.cli",
+    args = [
         "predict",
         f"ckpt={models['binary']}",
         f"input={scans}",
@@ -292,14 +288,8 @@ def test_folder_skips_and_names_a_corrupt_scan_and_exits_nonzero(models, tmp_pat
         f"hydra.run.dir={tmp_path / 'hydra'}",
         "overlays=1",
     ]
-    proc = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HYDRA_FULL_ERROR": "1"},
-    )
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1"}
+    proc = run_module("penn.cli", args, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode != 0
     assert "1 of 3 scans failed" in proc.stderr and "b_broken.nii.gz" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a", "c", "summary.csv"]

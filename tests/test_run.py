@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,17 +12,18 @@ import pytest
 from penn.checkpoint import CheckpointError, load_model
 
 from .conftest import TINY
+from .processes import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
 
 
 def penn(module: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", module, *overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    """``python -m module *overrides`` in a process of its own (tests/processes.py)."""
+    proc = run_module(module, list(overrides), env=ENV, cwd=ROOT, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+            f"{' '.join(proc.args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
 

@@ -8,8 +8,6 @@ import json
 import os
 import runpy
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from penn.metrics import METRICS
 from penn.tables import collect_runs, grid
 
 from .conftest import TINY
+from .processes import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 # any network access would fail at once: the proxy port is closed
@@ -38,20 +37,15 @@ def tiny(*swept: str) -> list[str]:
     return [o for o in TINY if o.split("=", 1)[0] not in keys] + FAST + list(swept)
 
 
-def penn_run(overrides: list[str], data_dir: Path, env: dict | None = None) -> str:
-    """Runs ``python -m penn.run`` in a subprocess; returns stdout + stderr, fails on error."""
-    cmd = [sys.executable, "-m", "penn.run", *overrides, f"paths.data_dir={data_dir}"]
+def penn_run(overrides: list[str], data_dir: Path, env: dict | None = None,
+             fork: bool = True) -> str:  # fmt: skip
+    """``python -m penn.run`` in a process of its own; returns stdout + stderr, fails on error."""
+    args = [*overrides, f"paths.data_dir={data_dir}"]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    proc = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        env={**environ, **NO_NETWORK, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    proc = run_module("penn.run", args, env={**environ, **NO_NETWORK, **(env or {})}, cwd=ROOT,
+                      timeout=400, fork=fork)  # fmt: skip
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-6000:]}"
+    assert proc.returncode == 0, f"{' '.join(proc.args)} failed:\n{out[-6000:]}"
     return out
 
 
@@ -164,6 +158,7 @@ def joblib_sweep(phantom_dir, tmp_path_factory) -> tuple[Path, str]:
             *tiny("seed=7,7"),
         ],
         phantom_dir,
+        fork=False,  # tests/processes.py
     )
     return sweep, log
 
