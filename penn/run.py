@@ -123,8 +123,10 @@ def supervised_module(cfg: DictConfig, net, n_classes: int, member: int = 0):
     """Fine-tuning on patches, or slice segmentation (BCE/CE + soft Dice) for pixel-wise nets."""
     train = cfg.model.finetune
     optimizer = instantiate(train.optimizer)
+    scheduler = instantiate(train.scheduler) if train.get("scheduler") else None
     if model_info(cfg)["level"] == "patch":
-        return FinetuneModule(net, n_classes, optimizer=optimizer, member=member, **step_group(cfg))
+        return FinetuneModule(net, n_classes, optimizer=optimizer, member=member,
+                              scheduler=scheduler, **step_group(cfg))  # fmt: skip
     return SegmentationModule(
         net,
         n_classes,
@@ -132,6 +134,7 @@ def supervised_module(cfg: DictConfig, net, n_classes: int, member: int = 0):
         dice_weight=train.dice_weight,
         contour_weight=train.contour_weight,
         member=member,
+        scheduler=scheduler,
     )
 
 

@@ -134,8 +134,22 @@ def finetune_module_sgd(net, steps):
                           steps_per_batch=steps, micro_batch=16)  # fmt: skip
 
 
+def finetune_module_scheduled(net, steps):
+    """A learning rate cut tenfold after every epoch (model.finetune.scheduler)."""
+    return FinetuneModule(net, n_classes=2, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+                          scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.1),
+                          steps_per_batch=steps, micro_batch=16)  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "make_module", [pretrain_module, finetune_module, finetune_module_lbfgs, finetune_module_sgd]
+    "make_module",
+    [
+        pretrain_module,
+        finetune_module,
+        finetune_module_lbfgs,
+        finetune_module_sgd,
+        finetune_module_scheduled,
+    ],
 )
 def test_grouped_steps_take_the_same_updates_as_single_steps(make_module):
     """data.loader.steps_per_batch: batches of 3 x 16 (and a last one of 16) stepped through one
@@ -150,6 +164,21 @@ def test_grouped_steps_take_the_same_updates_as_single_steps(make_module):
     assert single_loss.keys() == grouped_loss.keys() and single_loss
     for key in single_loss:
         torch.testing.assert_close(grouped_loss[key], single_loss[key], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps_per_batch", [1, 3])
+def test_the_scheduler_steps_once_per_epoch_with_single_and_grouped_steps(steps_per_batch):
+    torch.manual_seed(0)
+    net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=1)
+    module = finetune_module_scheduled(net, steps_per_batch)
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    data = DataLoader(loader().dataset, batch_size=16 * steps_per_batch)
+    trainer.fit(module, train_dataloaders=data)
+    (optimizer,) = trainer.optimizers
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * 0.1**3)
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3
 
 
 def test_grouped_steps_reject_a_partial_micro_batch():

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LRScheduler
 from typing_extensions import override
 
 from penn.lit.step_group import GroupedStepsMixin
@@ -32,13 +33,17 @@ class SupervisedModule(L.LightningModule):
         optimizer: partial optimizer taking the parameters.
         level: metric level in the keys, ``patch`` or ``pixel``.
         member: which ensemble member this trains (0 for a single network).
+        scheduler: partial learning-rate scheduler taking the optimizer, stepped once per
+            training epoch (``model.finetune.scheduler``; None: a constant rate).
     """
 
     def __init__(self, net: torch.nn.Module, n_classes: int,
                  optimizer: Callable[..., torch.optim.Optimizer], level: str,
-                 member: int = 0):  # fmt: skip
+                 member: int = 0,
+                 scheduler: Callable[..., LRScheduler] | None = None):  # fmt: skip
         super().__init__()
         self.net, self.optimizer, self.level, self.member = net, optimizer, level, member
+        self.scheduler = scheduler
         self.train_metrics = patch_metric_collection(n_classes, f"train/{level}/")
         self.val_metrics = patch_metric_collection(n_classes, f"val/{level}/")
         self.test_metrics = patch_metric_collection(n_classes, f"test/{level}/")
@@ -77,9 +82,23 @@ class SupervisedModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
+    def _with_scheduler(self, optimizer: torch.optim.Optimizer):
+        """The optimizer, and the configured scheduler on it stepped after every epoch."""
+        if self.scheduler is None:
+            return optimizer
+        schedule = {"scheduler": self.scheduler(optimizer), "interval": "epoch"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
     @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer(self.net.parameters())
+    def configure_optimizers(self):
+        return self._with_scheduler(self.optimizer(self.net.parameters()))
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        # Lightning steps schedulers itself only under automatic optimization; grouped steps
+        # (penn.lit.step_group) optimize manually, so the epoch's scheduler step is taken here
+        if self.scheduler is not None and not self.automatic_optimization:
+            self.lr_schedulers().step()
 
 
 class FinetuneModule(GroupedStepsMixin, SupervisedModule):
@@ -93,13 +112,18 @@ class FinetuneModule(GroupedStepsMixin, SupervisedModule):
             (``data.loader.steps_per_batch``; see :mod:`penn.lit.step_group`).
         micro_batch: patches per optimizer step (``data.loader.batch_size``).
         member: which ensemble member this trains (kept in the checkpoint, for resuming).
+        scheduler: partial learning-rate scheduler stepped after every epoch (None: constant).
     """
 
     def __init__(self, net: torch.nn.Module, n_classes: int,
                  optimizer: Callable[..., torch.optim.Optimizer], steps_per_batch: int = 1,
-                 micro_batch: int | None = None, member: int = 0):  # fmt: skip
-        super().__init__(net, n_classes, optimizer, level="patch", member=member)
-        self.save_hyperparameters(ignore=["net", "optimizer", "steps_per_batch", "micro_batch"])
+                 micro_batch: int | None = None, member: int = 0,
+                 scheduler: Callable[..., LRScheduler] | None = None):  # fmt: skip
+        super().__init__(net, n_classes, optimizer, level="patch", member=member,
+                         scheduler=scheduler)  # fmt: skip
+        self.save_hyperparameters(
+            ignore=["net", "optimizer", "steps_per_batch", "micro_batch", "scheduler"]
+        )
         self._init_step_group(steps_per_batch, micro_batch)
         for param in net.parameters():
             param.requires_grad_(True)
@@ -134,5 +158,5 @@ class FinetuneModule(GroupedStepsMixin, SupervisedModule):
         return None
 
     @override
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self._make_optimizer(self.optimizer, self.net.parameters())
+    def configure_optimizers(self):
+        return self._with_scheduler(self._make_optimizer(self.optimizer, self.net.parameters()))
