@@ -57,6 +57,7 @@ def test_run_writes_every_metric_checkpoints_and_model(trained):
     csv = (run_dir / "csv" / "metrics.csv").read_text()
     assert "pretrain/stage1/loss" in csv and "val/patch/f1" in csv and "test/pixel/dice" in csv
     assert "time/finetune/epoch_s" in csv and "time/pretrain_stage2/samples_s" in csv
+    assert "lr-Adam" in csv  # the learning rate per epoch (conf/callbacks, LearningRateMonitor)
 
 
 def test_epoch_times_are_logged_and_project_the_protocol(trained):
