@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
-from trained_run import pixel_dice, set_up_data
+from trained_run import dice_cells, set_up_data, split_dice
 
 from penn.checkpoint import load_model
 from penn.evaluation import Prediction, calibrate_decision, class_map, predict_volumes
@@ -79,20 +79,15 @@ def main(argv: list[str] | None = None) -> int:
                 val_pred, truths["val"], inference | {"calibration": calibration}
             )
             settings = inference["postprocess"] | {"min_size": min_size}
-            row = {}
-            for s in ("val", "test"):
-                masks = [postprocess(decide(p, threshold), **settings) > 0 for p in mean[s]]
-                ts = [t > 0 for t in truths[s]]
-                tp = sum((m & t).sum() for m, t in zip(masks, ts, strict=True))
-                fp = sum((m & ~t).sum() for m, t in zip(masks, ts, strict=True))
-                fn = sum((~m & t).sum() for m, t in zip(masks, ts, strict=True))
-                per = [pixel_dice(m, t) for m, t in zip(masks, ts, strict=True)]
-                row[s] = (np.nanmean(per), 2 * tp / (2 * tp + fp + fn), per)
-            per = " ".join("–" if np.isnan(v) else f"{100 * v:.0f}" for v in row["test"][2])
+            row = {
+                s: split_dice(
+                    [postprocess(decide(p, threshold), **settings) > 0 for p in mean[s]],
+                    [t > 0 for t in truths[s]],
+                )
+                for s in ("val", "test")
+            }
             print(f"| {'+'.join(combo)} | {objective} | {threshold:.2f} | {min_size} "
-                  f"| {100 * row['val'][1]:.1f} | {100 * row['val'][0]:.1f} "
-                  f"| {100 * row['test'][0]:.1f} | {100 * row['test'][1]:.1f} | {per} |",
-                  flush=True)  # fmt: skip
+                  f"| {dice_cells(row)} |", flush=True)  # fmt: skip
     return 0
 
 

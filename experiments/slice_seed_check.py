@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 from skimage import measure
-from trained_run import pixel_dice, set_up_data
+from trained_run import dice_cells, set_up_data, split_dice
 
 from penn.checkpoint import load_model
 from penn.evaluation import class_map, predict_volumes
@@ -41,6 +41,14 @@ def masks_at(
         keep[seeded] = True
         components = np.where(keep[components], components, 0)
     return components, np.bincount(components.ravel())
+
+
+def mask_at(raw: np.ndarray, smooth: np.ndarray, t: float, mode: str, min_size: int):
+    """The read-out's final mask at threshold t, components under min_size dropped."""
+    components, sizes = masks_at(raw, smooth, t, mode)
+    keep = sizes >= min_size
+    keep[0] = False
+    return keep[components]
 
 
 def counts(components, sizes, truth, min_size) -> tuple[int, int, int]:
@@ -98,22 +106,16 @@ def main(argv: list[str] | None = None) -> int:
                         if dice > best[0] + 1e-12:
                             best = (dice, float(t), size)
                 _, t, size = best
-                row = {}
-                for s in splits:
-                    per, tot = [], np.zeros(3)
-                    for r, m, truth in zip(raw[s], smooth[s], truths[s], strict=True):
-                        comp, sz = masks_at(r, m, t, mode)
-                        keep = sz >= size
-                        keep[0] = False
-                        mask = keep[comp]
-                        per.append(pixel_dice(mask, truth))
-                        tot += counts(comp, sz, truth, size)
-                    row[s] = (np.nanmean(per), 2 * tot[0] / (2 * tot[0] + tot[1] + tot[2]), per)
-                per = " ".join("–" if np.isnan(v) else f"{100 * v:.0f}" for v in row["test"][2])
+                row = {
+                    s: split_dice(
+                        [mask_at(r, m, t, mode, size) for r, m in zip(raw[s], smooth[s],
+                                                                      strict=True)],
+                        truths[s],
+                    )
+                    for s in splits
+                }  # fmt: skip
                 print(f"| {run.name} | {sigma:g} | {mode} | {t:.2f} | {size} "
-                      f"| {100 * row['val'][1]:.1f} | {100 * row['val'][0]:.1f} "
-                      f"| {100 * row['test'][0]:.1f} | {100 * row['test'][1]:.1f} | {per} |",
-                      flush=True)  # fmt: skip
+                      f"| {dice_cells(row)} |", flush=True)  # fmt: skip
     return 0
 
 

@@ -20,10 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 from skimage import measure
-from trained_run import pixel_dice, set_up_data
+from trained_run import dice_cells, set_up_data, split_dice
 
 from penn.checkpoint import load_model
 from penn.evaluation import Prediction, calibrate_decision, class_map, predict_volumes
@@ -84,22 +83,15 @@ def score_readout(run_name, net, meta, inference, dm, truths, sigmas) -> None:
         row, blobs = {}, []
         for s in splits:
             masks = [postprocess(decide(p, threshold), **settings) > 0 for p in smooth[s]]
-            pairs = list(zip(masks, truths[s], strict=True))
-            tp = sum((m & t).sum() for m, t in pairs)
-            fp = sum((m & ~t).sum() for m, t in pairs)
-            fn = sum((~m & t).sum() for m, t in pairs)
-            per = [pixel_dice(m, t) for m, t in pairs]
-            row[s] = (np.nanmean(per), 2 * tp / (2 * tp + fp + fn), per)
+            row[s] = split_dice(masks, truths[s])
+            pairs = zip(masks, truths[s], strict=True)
             for name, (m, t) in zip(dm.splits[s].names, pairs, strict=True):
                 if not t.any() and m.any():
                     sizes = [r.area for r in measure.regionprops(measure.label(m))]
                     blobs.append(f"{s} {name}: {', '.join(str(int(a)) for a in sizes)}")
-        per = " ".join("–" if np.isnan(v) else f"{100 * v:.0f}" for v in row["test"][2])
         print(f"| {run_name} | {inference['center_sigma']:g} | {sigma:g} | {threshold:.2f} "
-              f"| {min_size} "
-              f"| {100 * row['val'][1]:.1f} | {100 * row['val'][0]:.1f} "
-              f"| {100 * row['test'][0]:.1f} | {100 * row['test'][1]:.1f} | {per} "
-              f"| {'; '.join(blobs) or 'none'} |", flush=True)  # fmt: skip
+              f"| {min_size} | {dice_cells(row)} | {'; '.join(blobs) or 'none'} |",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

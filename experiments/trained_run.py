@@ -47,3 +47,21 @@ def pixel_dice(mask: np.ndarray, truth: np.ndarray) -> float:
     of the mean, so average with ``np.nanmean``)."""
     tp, fp, fn = (mask & truth).sum(), (mask & ~truth).sum(), (~mask & truth).sum()
     return float("nan") if tp + fp + fn == 0 else float(2 * tp / (2 * tp + fp + fn))
+
+
+def split_dice(masks: list[np.ndarray], truths: list[np.ndarray]) -> tuple[float, float, list]:
+    """(mean per volume, pooled, per volume) pixel Dice of boolean masks against their truths."""
+    pairs = list(zip(masks, truths, strict=True))
+    tp = sum(int((m & t).sum()) for m, t in pairs)
+    fp = sum(int((m & ~t).sum()) for m, t in pairs)
+    fn = sum(int((~m & t).sum()) for m, t in pairs)
+    per = [pixel_dice(m, t) for m, t in pairs]
+    return float(np.nanmean(per)), 2 * tp / max(2 * tp + fp + fn, 1), per
+
+
+def dice_cells(row: dict) -> str:
+    """The table cells "val pooled | val mean | test Dice | test pooled | per test volume" (percent)
+    of ``row = {"val": split_dice(...), "test": split_dice(...)}``."""
+    per = " ".join("–" if np.isnan(v) else f"{100 * v:.0f}" for v in row["test"][2])
+    return (f"{100 * row['val'][1]:.1f} | {100 * row['val'][0]:.1f} "
+            f"| {100 * row['test'][0]:.1f} | {100 * row['test'][1]:.1f} | {per}")  # fmt: skip
