@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-EDGES = (0.0, 1.3, 1.45, 1.6, 1.8, np.inf)  # intensity bins, relative to the reference median
+EDGES = (0.0, 1.3, 1.45, 1.6, 1.8, np.inf)  # default intensity bins (x the reference median)
 
 
 def in_plane_depth(mask: np.ndarray) -> np.ndarray:
@@ -37,7 +37,13 @@ def describe(
     image: np.ndarray,
     label: int,
     reference: int,
+    edges: tuple[float, ...] = EDGES,
 ) -> list[str]:
+    """Report lines for one volume: counts, per-slice recall, and what the missed voxels are like.
+
+    ``edges``: intensity bins (relative to the median of the ``reference`` label) for the share
+    of target voxels found in each.
+    """
     truth = labels == label
     tp, fn, fp = truth & pred, truth & ~pred, pred & ~truth
     lines = [f"{name}: truth {truth.sum()}, TP {tp.sum()}, FN {fn.sum()}, FP {fp.sum()}"]
@@ -56,15 +62,12 @@ def describe(
             f"  intensity / reference median (FN / TP): {np.median(image[fn]) / ref:.2f} / "
             f"{np.median(image[tp]) / ref:.2f}"
         )
-        relative = image[truth] / ref
-        found = pred[truth]
-        bins = [(lo, hi) for lo, hi in zip(EDGES[:-1], EDGES[1:], strict=True)]
-        cells = [
-            f"{lo:g}-{hi:g}: {100 * found[(relative >= lo) & (relative < hi)].mean():.0f} % of "
-            f"{((relative >= lo) & (relative < hi)).sum()}"
-            for lo, hi in bins
-            if ((relative >= lo) & (relative < hi)).any()
-        ]
+        relative, found = image[truth] / ref, pred[truth]
+        cells = []
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            inside = (relative >= lo) & (relative < hi)
+            if inside.any():
+                cells.append(f"{lo:g}-{hi:g}: {100 * found[inside].mean():.0f} % of {inside.sum()}")
         lines.append("  found by intensity / reference: " + ", ".join(cells))
         lines.append(
             f"  probability (FN median, 90th pct / TP median): {np.median(prob[fn]):.2f}, "
@@ -79,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", type=Path, help="the dataset root (nnU-Net raw layout)")
     parser.add_argument("--label", type=int, default=2, help="the target's label value")
     parser.add_argument("--reference", type=int, default=1, help="label whose median is 1.0")
+    parser.add_argument(
+        "--edges", type=float, nargs="+", default=list(EDGES), help="intensity bin edges"
+    )
     args = parser.parse_args(argv)
     folders = sorted(p for p in args.predictions.iterdir() if (p / "mask.nii.gz").exists())
     if not folders:
@@ -92,12 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         image = np.asanyarray(nib.load(args.data / "imagesTr" / f"{name}_0000.nii.gz").dataobj)
         if prob.shape != labels.shape:
             parser.error(f"{folder}: probabilities {prob.shape} but labels {labels.shape}")
-        print(
-            "\n".join(
-                describe(name, pred, prob, labels.astype(int), image, args.label, args.reference)
-            ),
-            flush=True,
-        )
+        lines = describe(
+            name, pred, prob, labels.astype(int), image, args.label, args.reference,
+            tuple(args.edges),
+        )  # fmt: skip
+        print("\n".join(lines), flush=True)
     return 0
 
 
