@@ -1,7 +1,8 @@
 """Where are the lesion voxels a model misses? Reads `penn.predict` output against the labels.
 
     python -m penn.predict ckpt=RUN/model.pt input=IMAGES output=OUT write_probabilities=true
-    python experiments/missed_lesion_voxels.py OUT DATA_ROOT [--label 2] [--reference 1]
+    python experiments/missed_lesion_voxels.py OUT DATA_ROOT [--label 2] [--mask-value 1]
+        [--reference 1] [--edges 0 1.3 1.45 1.6 1.8 inf]
 
 For every volume folder in OUT (``mask.nii.gz``, ``probabilities.nii.gz``) the labels are read from
 ``DATA_ROOT/labelsTr/<volume>.nii.gz`` and the image from ``imagesTr/<volume>_0000.nii.gz``, all
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("predictions", type=Path, help="a penn.predict output folder")
     parser.add_argument("data", type=Path, help="the dataset root (nnU-Net raw layout)")
     parser.add_argument("--label", type=int, default=2, help="the target's label value")
+    parser.add_argument(
+        "--mask-value", type=int, default=1,
+        help="the target's value in mask.nii.gz (1 for a binary model; its class index with "
+        "data.target=all)",
+    )  # fmt: skip
     parser.add_argument("--reference", type=int, default=1, help="label whose median is 1.0")
     parser.add_argument(
         "--edges", type=float, nargs="+", default=list(EDGES), help="intensity bin edges"
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in folders:
         name = folder.name
         mask = np.asanyarray(nib.load(folder / "mask.nii.gz").dataobj)
-        pred = mask == args.label if (mask == args.label).any() else mask > 0
+        pred = mask == args.mask_value
         prob = np.asanyarray(nib.load(folder / "probabilities.nii.gz").dataobj, dtype=np.float32)
         labels = np.asanyarray(nib.load(args.data / "labelsTr" / f"{name}.nii.gz").dataobj)
         image = np.asanyarray(nib.load(args.data / "imagesTr" / f"{name}_0000.nii.gz").dataobj)
