@@ -43,18 +43,20 @@ def masks_at(
     return components, np.bincount(components.ravel())
 
 
-def mask_at(raw: np.ndarray, smooth: np.ndarray, t: float, mode: str, min_size: int):
-    """The read-out's final mask at threshold t, components under min_size dropped."""
-    components, sizes = masks_at(raw, smooth, t, mode)
+def drop_small(components: np.ndarray, sizes: np.ndarray, min_size: int) -> np.ndarray:
+    """The mask of the labelled components with at least min_size voxels."""
     keep = sizes >= min_size
     keep[0] = False
     return keep[components]
 
 
+def mask_at(raw: np.ndarray, smooth: np.ndarray, t: float, mode: str, min_size: int):
+    """The read-out's final mask at threshold t, components under min_size dropped."""
+    return drop_small(*masks_at(raw, smooth, t, mode), min_size)
+
+
 def counts(components, sizes, truth, min_size) -> tuple[int, int, int]:
-    keep = sizes >= min_size
-    keep[0] = False
-    mask = keep[components]
+    mask = drop_small(components, sizes, min_size)
     tp = int((mask & truth).sum())
     return tp, int(mask.sum()) - tp, int(truth.sum()) - tp
 
