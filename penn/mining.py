@@ -10,6 +10,11 @@ the highest-scoring ones to the :class:`~penn.datamodule.BalancedSampler`, which
 place of as many random background patches in the next epoch: the class ratio and the epoch
 length stay as configured ("bootstrapping", Sung and Poggio 1998).
 
+The same callback has a target-side counterpart, :class:`HardPositiveMining` (not in the paper):
+after each epoch it scores the training target patches and hands the lowest-scoring ones (a dim
+part of a lesion, say, that looks like marrow) to the sampler, which puts them in as many of the
+next epoch's target slots; the rest of those slots are a random draw of all target patches.
+
 Choices use the training split only. ``fraction: 0`` is the paper's plain random undersampling.
 """
 
@@ -23,7 +28,7 @@ import torch
 
 from penn.lit.finetune import class_probabilities
 
-__all__ = ["HardNegativeMining", "background_scores"]
+__all__ = ["HardNegativeMining", "HardPositiveMining", "background_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,87 @@ def background_scores(net: torch.nn.Module, dataset, indices: np.ndarray, batch_
     return scores
 
 
-class HardNegativeMining(L.Callback):
+class _HardExampleMining(L.Callback):
+    """After every fine-tuning epoch, hand the sampler the patches of one side it gets wrong.
+
+    Subclasses say which patches are candidates, whether a low or a high score makes a patch
+    hard, how many the sampler takes, and how it takes them.
+    """
+
+    side = ""  # "negatives" or "positives", for messages and the logged metric
+
+    def __init__(self, fraction: float, pool: int, batch_size: int = 4096, seed: int = 0):
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"hard-{self.side[:-1]} fraction must be in [0, 1), got {fraction}")
+        self.fraction, self.pool = float(fraction), int(pool)
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self._hard = np.zeros(0, np.int64)
+
+    @staticmethod
+    def _stream(trainer: L.Trainer):
+        dm = trainer.datamodule
+        dataset, sampler = getattr(dm, "train_dataset", None), getattr(dm, "train_sampler", None)
+        if dataset is None or sampler is None:
+            raise TypeError(
+                "hard-example mining needs a patch data module with a balanced sampler "
+                f"(penn.datamodule.PatchDataModule); got {type(dm).__name__}"
+            )
+        return dataset, sampler
+
+    def _candidates(self, targets: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _per_epoch(self, sampler) -> int:
+        raise NotImplementedError
+
+    def _hand_over(self, sampler, indices: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _hardness(self, scores: np.ndarray) -> np.ndarray:
+        """Higher is harder."""
+        raise NotImplementedError
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fraction > 0 and len(self._hard):  # resumed: the set mined before the stop
+            self._hand_over(self._stream(trainer)[1], self._hard)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fraction <= 0:
+            return
+        if trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1:
+            return  # the last epoch: no epoch follows that would draw the mined set
+        dataset, sampler = self._stream(trainer)
+        candidates = self._candidates(dataset.targets)
+        wanted = int(round(self.fraction * self._per_epoch(sampler)))
+        if wanted == 0 or len(candidates) == 0:
+            return
+        rng = np.random.default_rng([self.seed, trainer.current_epoch, 17])
+        pool = np.sort(rng.choice(candidates, min(self.pool, len(candidates)), replace=False))
+        scores = background_scores(pl_module.net, dataset, pool, self.batch_size, pl_module.device)
+        order = np.argsort(-self._hardness(scores), kind="stable")[:wanted]
+        self._hard = pool[order]
+        self._hand_over(sampler, self._hard)
+        pl_module.log(f"train/hard_{self.side[:-1]}_score", float(scores[order].mean()))
+        log.info(
+            "hard %s: %d of %d %s patches per epoch, from a pool of %d "
+            "(their mean score %.3f; the pool's %.3f)",
+            self.side,
+            len(self._hard),
+            self._per_epoch(sampler),
+            "background" if self.side == "negatives" else "target",
+            len(pool),
+            float(scores[order].mean()),
+            float(scores.mean()),
+        )
+
+    def state_dict(self) -> dict:
+        return {"hard": self._hard.tolist()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._hard = np.asarray(state_dict.get("hard", []), dtype=np.int64)
+
+
+class HardNegativeMining(_HardExampleMining):
     """After every fine-tuning epoch, replace part of the random background with hard negatives.
 
     Args:
@@ -58,57 +143,43 @@ class HardNegativeMining(L.Callback):
         seed: seeds the pool drawn after each epoch (with the epoch number).
     """
 
-    def __init__(self, fraction: float, pool: int, batch_size: int = 4096, seed: int = 0):
-        if not 0.0 <= fraction < 1.0:
-            raise ValueError(f"hard-negative fraction must be in [0, 1), got {fraction}")
-        self.fraction, self.pool = float(fraction), int(pool)
-        self.batch_size, self.seed = int(batch_size), int(seed)
-        self._hard = np.zeros(0, np.int64)
+    side = "negatives"
 
-    @staticmethod
-    def _stream(trainer: L.Trainer):
-        dm = trainer.datamodule
-        dataset, sampler = getattr(dm, "train_dataset", None), getattr(dm, "train_sampler", None)
-        if dataset is None or sampler is None:
-            raise TypeError(
-                "hard-negative mining needs a patch data module with a balanced sampler "
-                f"(penn.datamodule.PatchDataModule); got {type(dm).__name__}"
-            )
-        return dataset, sampler
+    def _candidates(self, targets: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(targets == 0)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.fraction > 0 and len(self._hard):  # resumed: the set mined before the stop
-            self._stream(trainer)[1].set_hard(self._hard)
+    def _per_epoch(self, sampler) -> int:
+        return sampler.n_majority
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.fraction <= 0:
-            return
-        if trainer.max_epochs is not None and 0 < trainer.max_epochs <= trainer.current_epoch + 1:
-            return  # the last epoch: no epoch follows that would draw the mined set
-        dataset, sampler = self._stream(trainer)
-        background = np.flatnonzero(dataset.targets == 0)
-        wanted = int(round(self.fraction * sampler.n_majority))
-        if wanted == 0 or len(background) == 0:
-            return
-        rng = np.random.default_rng([self.seed, trainer.current_epoch, 17])
-        pool = np.sort(rng.choice(background, min(self.pool, len(background)), replace=False))
-        scores = background_scores(pl_module.net, dataset, pool, self.batch_size, pl_module.device)
-        order = np.argsort(-scores, kind="stable")[:wanted]
-        self._hard = pool[order]
-        sampler.set_hard(self._hard)
-        pl_module.log("train/hard_negative_score", float(scores[order].mean()))
-        log.info(
-            "hard negatives: %d of %d background patches per epoch, from a pool of %d "
-            "(their mean score %.3f; the pool's %.3f)",
-            len(self._hard),
-            sampler.n_majority,
-            len(pool),
-            float(scores[order].mean()),
-            float(scores.mean()),
-        )
+    def _hardness(self, scores: np.ndarray) -> np.ndarray:
+        return scores  # background scored as target
 
-    def state_dict(self) -> dict:
-        return {"hard": self._hard.tolist()}
+    def _hand_over(self, sampler, indices: np.ndarray) -> None:
+        sampler.set_hard(indices)
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._hard = np.asarray(state_dict.get("hard", []), dtype=np.int64)
+
+class HardPositiveMining(_HardExampleMining):
+    """After every fine-tuning epoch, fill part of the target slots with the hardest targets.
+
+    Args:
+        fraction: share of each epoch's target patches taken from the lowest-scoring ones found
+            (0 disables it: every target patch once per epoch, as in the paper).
+        pool: random training target patches scored after each epoch to find them (all of them
+            when there are fewer); the hardest ``fraction`` x (targets per epoch) are kept.
+        batch_size: patches per forward pass while scoring.
+        seed: seeds the pool drawn after each epoch (with the epoch number).
+    """
+
+    side = "positives"
+
+    def _candidates(self, targets: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(targets != 0)
+
+    def _per_epoch(self, sampler) -> int:
+        return sampler.n_minority
+
+    def _hardness(self, scores: np.ndarray) -> np.ndarray:
+        return -scores  # a target patch scored as background
+
+    def _hand_over(self, sampler, indices: np.ndarray) -> None:
+        sampler.set_hard_positives(indices)

@@ -33,7 +33,7 @@ from penn.io import write_atomic_bytes, write_json
 from penn.lit.baseline import SegmentationModule
 from penn.lit.finetune import FinetuneModule
 from penn.lit.pretrain import PretrainModule
-from penn.mining import HardNegativeMining
+from penn.mining import HardNegativeMining, HardPositiveMining
 from penn.models.ensemble import Ensemble
 from penn.preprocess import resize_in_plane
 from penn.reports import metrics_table, write_metrics, write_overlays
@@ -229,10 +229,12 @@ def _restore(module: L.LightningModule, path: str | Path) -> None:
 def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None) -> None:
     """Fine-tunes one network (ensemble member ``member``); leaves its best weights in ``net``."""
     module = supervised_module(cfg, net, dm.n_classes, member)
-    mining = cfg.model.finetune.get("hard_negatives")
     callbacks = []
-    if model_info(cfg)["level"] == "patch" and mining and mining.fraction > 0:
-        callbacks.append(HardNegativeMining(mining.fraction, mining.pool, seed=cfg.seed + member))
+    for key, miner in (("hard_negatives", HardNegativeMining),
+                       ("hard_positives", HardPositiveMining)):  # fmt: skip
+        mining = cfg.model.finetune.get(key)
+        if model_info(cfg)["level"] == "patch" and mining and mining.fraction > 0:
+            callbacks.append(miner(mining.fraction, mining.pool, seed=cfg.seed + member))
     if n_members(cfg) > 1:
         log.info("fine-tuning ensemble member %d (members 0 to %d) into checkpoints/%s",
                  member, n_members(cfg) - 1, module.phase)  # fmt: skip
