@@ -14,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from penn.balance import class_counts, undersample
@@ -153,13 +154,21 @@ class PatchDataset(Dataset):
             (:func:`penn.patches.pad_slices`); ``index`` counts in the padded slices.
         context_dilation: d > 0: each patch also gets its context patch as a second channel
             (:mod:`penn.context`), cut from :meth:`context_volume`; 0: the patch alone.
+        target_masks: per volume, (S, H, W) bool masks of the target on the slices' grid, for
+            the augmentation's ``target_contrast`` (:func:`augment_patches`); None: not used.
+        target_sigma: in-plane Gaussian sigma (px) that softens those masks' edges, as the
+            preprocessing softened the image's.
     """
 
     def __init__(self, slices, index, targets, patch_size: int, augment: dict | None,
-                 pad: tuple[int, int] = (0, 0), context_dilation: int = 0):  # fmt: skip
+                 pad: tuple[int, int] = (0, 0), context_dilation: int = 0,
+                 target_masks=None, target_sigma: float = 0.0):  # fmt: skip
         self.slices, self.index, self.targets = slices, index, targets
         self.patch_size, self.augment, self.pad = patch_size, augment, tuple(pad)
         self.context_dilation = int(context_dilation)
+        self.target_masks, self.target_sigma = target_masks, float(target_sigma)
+        if augment and augment.get("target_contrast") and target_masks is None:
+            raise ValueError("data.augment.target_contrast needs the target masks of the slices")
         self._offsets: dict[tuple[int, int], np.ndarray] = {}
         self._flat: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -194,6 +203,33 @@ class PatchDataset(Dataset):
             lambda x: context_image(torch.from_numpy(x)[:, None], d, n)[:, 0].numpy(),
         )
 
+    def target_volume(self, vol: int) -> np.ndarray:
+        """The target's part of volume ``vol``'s slices: slices x softened mask, padded."""
+        return self._cached("target", vol, lambda x: pad_slices(self._target_part(vol, x),
+                                                                 *self.pad))  # fmt: skip
+
+    def target_context_volume(self, vol: int) -> np.ndarray:
+        """The context image of :meth:`target_volume` (the context is linear in the slice)."""
+        d, n = self.context_dilation, self.patch_size
+        return self._cached(
+            "target_context",
+            vol,
+            lambda x: context_image(torch.from_numpy(self._target_part(vol, x))[:, None], d, n)[
+                :, 0
+            ].numpy(),
+        )
+
+    def _target_part(self, vol: int, slices: np.ndarray) -> np.ndarray:
+        mask = np.asarray(self.target_masks[vol], np.float32)
+        if self.target_sigma > 0:
+            mask = gaussian_filter(mask, (0, self.target_sigma, self.target_sigma), truncate=3.0)
+        return slices * mask
+
+    def target_sources(self) -> list[tuple[str, int, int]]:
+        """Per input channel, where its target part is cut from (as :meth:`sources`)."""
+        kinds = {"patch": "target", "context": "target_context"}
+        return [(kinds[kind], shift, step) for kind, shift, step in self.sources()]
+
     def sources(self) -> list[tuple[str, int, int]]:
         """Per channel: (kind, shift, step). A patch's channel is the n x n values ``step``
         pixels apart from (y + shift, x + shift) of that kind's volume, (y, x) its index row.
@@ -209,17 +245,25 @@ class PatchDataset(Dataset):
         return out
 
     def source(self, kind: str, vol: int) -> np.ndarray:
-        """The array that channels of ``kind`` (``patch`` or ``context``) are cut from."""
-        return self.volume(vol) if kind == "patch" else self.context_volume(vol)
+        """The array that channels of ``kind`` (``patch``, ``context``, ``target``,
+        ``target_context``) are cut from."""
+        make = {
+            "patch": self.volume,
+            "context": self.context_volume,
+            "target": self.target_volume,
+            "target_context": self.target_context_volume,
+        }
+        return make[kind](vol)
 
-    def _cut(self, vol: int, rows: np.ndarray) -> np.ndarray:
+    def _cut(self, vol: int, rows: np.ndarray, sources=None) -> np.ndarray:
         """Patches (k, C, n, n) of one volume: one ``np.take`` per channel from its flat slices.
 
         Channel 0 holds the same values as :func:`penn.patches.gather_patches`; the n x n
-        offsets of each row length and step are computed once.
+        offsets of each row length and step are computed once. ``sources``: the channels'
+        sources (default :meth:`sources`; :meth:`target_sources` cuts their target parts).
         """
         out = []
-        for kind, shift, step in self.sources():
+        for kind, shift, step in sources or self.sources():
             slices = self.source(kind, vol)
             _, height, width = slices.shape
             offsets = self._offsets.get((width, step))
@@ -231,25 +275,32 @@ class PatchDataset(Dataset):
             out.append(np.take(slices.reshape(-1), corner[:, None, None] + offsets))
         return out[0][:, None] if len(out) == 1 else np.stack(out, axis=1)
 
-    def patches(self, indices) -> torch.Tensor:
-        """The patches at ``indices`` as they are, without augmentation: (B, C, n, n) float32."""
+    def patches(self, indices, sources=None) -> torch.Tensor:
+        """The patches at ``indices`` as they are, without augmentation: (B, C, n, n) float32
+        (``sources``: as in :meth:`_cut`)."""
         rows = self.index[np.asarray(indices)]
         n = self.patch_size
         patches = np.empty((len(rows), self.channels, n, n), dtype=np.float32)
         vols = rows[:, 0]
         if len(rows) and (vols == vols[0]).all():
-            patches[:] = self._cut(int(vols[0]), rows)
+            patches[:] = self._cut(int(vols[0]), rows, sources)
         else:
             for vol in np.unique(vols):
                 sel = np.flatnonzero(vols == vol)
-                patches[sel] = self._cut(int(vol), rows[sel])
+                patches[sel] = self._cut(int(vol), rows[sel], sources)
         return torch.from_numpy(patches)
+
+    @property
+    def scales_target(self) -> bool:
+        """Whether the augmentation scales the target's intensity (``target_contrast``)."""
+        return bool(self.augment and self.augment.get("target_contrast"))
 
     def __getitems__(self, indices: list[int]) -> PatchBatch:
         indices = np.asarray(indices)
         x = self.patches(indices)
         if self.augment:
-            x = self._augment(x)
+            target = self.patches(indices, self.target_sources()) if self.scales_target else None
+            x = augment_patches(x, self.augment, target=target)
         y = torch.from_numpy(self.targets[indices].astype(np.int64))
         return PatchBatch((x, y))
 
@@ -257,18 +308,26 @@ class PatchDataset(Dataset):
         x, y = self.__getitems__([i])
         return x[0], y[0]
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return augment_patches(x, self.augment)
 
-
-def augment_patches(x: torch.Tensor, augment: dict,
-                    generator: torch.Generator | None = None) -> torch.Tensor:  # fmt: skip
-    """Per-patch gamma, contrast scale, noise and optional flips (robustness, more variety).
+def augment_patches(x: torch.Tensor, augment: dict, generator: torch.Generator | None = None,
+                    target: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Per-patch target contrast, gamma, contrast scale, noise and optional flips.
 
     ``x`` (B, C, n, n) on any device (a patch's channels share its gamma, scale and flips);
     random draws from ``generator`` (on that device) or, by default, torch's global generator.
+    With ``augment["target_contrast"]`` = (lo, hi), ``target`` holds the target's part of each
+    channel (the slice x the softened target mask, :meth:`PatchDataset.target_sources`), and the
+    target's intensity is first multiplied by a factor drawn per patch, log-uniform in
+    [lo, hi]: a lesion / marrow ratio c becomes about c x f, so the network also meets lesions
+    dimmer and brighter than those of the training scans.
     """
     n, dev, g = x.shape[0], x.device, generator
+    if augment.get("target_contrast"):
+        if target is None:
+            raise ValueError("data.augment.target_contrast needs the target part of the patches")
+        t0, t1 = augment["target_contrast"]
+        f = torch.empty(n, 1, 1, 1, device=dev).uniform_(np.log(t0), np.log(t1), generator=g)
+        x = x + (f.exp() - 1.0) * target
     g0, g1 = augment["gamma"]
     s0, s1 = augment["scale"]
     gamma = torch.empty(n, 1, 1, 1, device=dev).uniform_(np.log(g0), np.log(g1), generator=g).exp()
@@ -309,17 +368,26 @@ class DevicePatchLoader:
         self.device, self.seed, self.drop_last = torch.device(device), int(seed), drop_last
         # the (volume, slice, y, x) rows as they are (on the CPU: the dataset's own array)
         self.index = torch.from_numpy(np.ascontiguousarray(dataset.index)).to(self.device)
-        self.channels = []  # per channel: (flat volumes, (V, 3) base/height/width, shift, step)
-        for kind, shift, step in dataset.sources():
+        self.channels = self._flat_sources(dataset, dataset.sources())
+        # the target's part of every channel, for the augmentation's target_contrast
+        self.target_channels = (
+            self._flat_sources(dataset, dataset.target_sources()) if dataset.scales_target else []
+        )
+        self.targets = torch.from_numpy(dataset.targets.astype(np.int64)).to(self.device)
+        self.steps = torch.arange(dataset.patch_size, device=self.device)
+
+    def _flat_sources(self, dataset: PatchDataset, sources) -> list[tuple]:
+        """Per channel: (flat volumes, (V, 3) base/height/width, shift, step) on the device."""
+        out = []
+        for kind, shift, step in sources:
             volumes = [dataset.source(kind, v) for v in range(len(dataset.slices))]
             shapes = np.array([s.shape for s in volumes], dtype=np.int64)  # (V, 3)
             base = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))[:-1]])
             geometry = np.stack([base, shapes[:, 1], shapes[:, 2]], axis=1)
             flat = torch.from_numpy(np.concatenate([s.reshape(-1) for s in volumes]))
-            self.channels.append((flat.to(self.device), torch.from_numpy(geometry).to(self.device),
-                                  shift, step))  # fmt: skip
-        self.targets = torch.from_numpy(dataset.targets.astype(np.int64)).to(self.device)
-        self.steps = torch.arange(dataset.patch_size, device=self.device)
+            out.append((flat.to(self.device), torch.from_numpy(geometry).to(self.device),
+                        shift, step))  # fmt: skip
+        return out
 
     def _cut(self, rows: torch.Tensor, flat, geometry, shift: int, step: int) -> torch.Tensor:
         """One channel of the patches at ``rows``: (B, n, n), one gather on the device."""
@@ -347,11 +415,17 @@ class DevicePatchLoader:
         end = min(len(order), self._steps() * self.batch_size)
         for start in range(0, end, rows_per_batch):
             rows = order[start : min(start + rows_per_batch, end)]
-            parts = [self._cut(rows, *channel) for channel in self.channels]
-            x = parts[0].unsqueeze(1) if len(parts) == 1 else torch.stack(parts, dim=1)
+            x = self._cut_channels(rows, self.channels)
             if augment:
-                x = augment_patches(x, augment, generator)
+                target = (
+                    self._cut_channels(rows, self.target_channels) if self.target_channels else None
+                )
+                x = augment_patches(x, augment, generator, target=target)
             yield x, self.targets[rows]
+
+    def _cut_channels(self, rows: torch.Tensor, channels) -> torch.Tensor:
+        parts = [self._cut(rows, *channel) for channel in channels]
+        return parts[0].unsqueeze(1) if len(parts) == 1 else torch.stack(parts, dim=1)
 
 
 class BalancedSampler(Sampler[int]):
@@ -635,8 +709,14 @@ class PatchDataModule(L.LightningDataModule):
                 "patches (slices smaller than a patch?)"
             )
         augment = self.augment if name == "train" else None
+        masks = None
+        if augment and augment.get("target_contrast"):
+            values = [v for cls in self.classes for v in cls]
+            masks = [np.isin(labels, values) for labels in split.labels]
+        sigma = self.preprocess_cfg.get("smooth_sigma") or 0.0
         return PatchDataset(split.slices, index, targets, self.patch_cfg["size"], augment,
-                            pad=self.pad, context_dilation=self.context_dilation)  # fmt: skip
+                            pad=self.pad, context_dilation=self.context_dilation,
+                            target_masks=masks, target_sigma=sigma)  # fmt: skip
 
     def _balanced_sampler(self, dataset: PatchDataset) -> BalancedSampler:
         """Training sampler (paper step 4, T1MRI); logs the class counts before and after."""

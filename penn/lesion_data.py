@@ -202,6 +202,11 @@ class LesionDataModule(_LesionMixin, PatchDataModule):
             self._train_targets[:] = self._index(self.splits["train"])[1]
 
     def _dataset(self, name: str) -> PatchDataset:
+        if name == "train" and self.augment and self.augment.get("target_contrast"):
+            raise ValueError(
+                "data.augment.target_contrast: the lesion benchmark implants new lesions every "
+                "epoch, which the masks it scales would not follow; set it to null"
+            )
         dataset = super()._dataset(name)
         if name == "train":
             self._train_targets = dataset.targets
