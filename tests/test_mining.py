@@ -33,23 +33,27 @@ def test_sampler_swaps_random_background_for_hard_at_the_same_ratio() -> None:
         sampler.set_hard(np.arange(151))
 
 
-def test_callback_hands_the_highest_scoring_background_to_the_sampler(cfg_tiny) -> None:
+class _KeepFirstEpochNet(L.Callback):
+    """Keeps the network after epoch 0; listed before a miner, it is the one the miner scored."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            self.net = copy.deepcopy(pl_module.net)
+
+
+def _tiny_datamodule(cfg):
     L.seed_everything(0)
-    dm = make_datamodule(cfg_tiny)
+    dm = make_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")
-    net = instantiate(cfg_tiny.model.net, n_outputs=dm.n_outputs)
-    module = FinetuneModule(
-        net, dm.n_classes, optimizer=instantiate(cfg_tiny.model.finetune.optimizer)
-    )
-    mining = HardNegativeMining(fraction=0.5, pool=300, seed=1)
+    return dm
 
-    class KeepFirstEpochNet(L.Callback):  # runs before the miner: the net it scored with
-        def on_train_epoch_end(self, trainer, pl_module):
-            if trainer.current_epoch == 0:
-                self.net = copy.deepcopy(pl_module.net)
 
-    first = KeepFirstEpochNet()
+def _fit_two_epochs(cfg, dm, miner) -> torch.nn.Module:
+    """Fine-tunes a fresh network for 2 short epochs with ``miner``; the net after epoch 0."""
+    net = instantiate(cfg.model.net, n_outputs=dm.n_outputs)
+    module = FinetuneModule(net, dm.n_classes, optimizer=instantiate(cfg.model.finetune.optimizer))
+    first = _KeepFirstEpochNet()
     trainer = L.Trainer(
         max_epochs=2,
         limit_train_batches=2,
@@ -57,9 +61,16 @@ def test_callback_hands_the_highest_scoring_background_to_the_sampler(cfg_tiny) 
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
-        callbacks=[first, mining],
+        callbacks=[first, miner],
     )
     trainer.fit(module, datamodule=dm)
+    return first.net
+
+
+def test_callback_hands_the_highest_scoring_background_to_the_sampler(cfg_tiny) -> None:
+    dm = _tiny_datamodule(cfg_tiny)
+    mining = HardNegativeMining(fraction=0.5, pool=300, seed=1)
+    first_net = _fit_two_epochs(cfg_tiny, dm, mining)
     sampler, dataset = dm.train_sampler, dm.train_dataset
     hard = mining._hard
     assert len(hard) == round(0.5 * sampler.n_majority)
@@ -67,7 +78,7 @@ def test_callback_hands_the_highest_scoring_background_to_the_sampler(cfg_tiny) 
     assert (dataset.targets[hard] == 0).all()
     # independent recomputation: sigmoid of the network after epoch 0 on the pool drawn then;
     # after the last epoch (1) nothing is mined, since no epoch follows that would use it
-    net = first.net
+    net = first_net
     background = np.flatnonzero(dataset.targets == 0)
     pool = np.sort(np.random.default_rng([1, 0, 17]).choice(background, 300, replace=False))
     with torch.no_grad():
@@ -105,33 +116,10 @@ def test_sampler_fills_target_slots_with_hard_positives_at_the_same_counts() -> 
 
 
 def test_positive_miner_hands_the_lowest_scoring_targets_to_the_sampler(cfg_tiny) -> None:
-    L.seed_everything(0)
-    dm = make_datamodule(cfg_tiny)
-    dm.prepare_data()
-    dm.setup("fit")
-    net = instantiate(cfg_tiny.model.net, n_outputs=dm.n_outputs)
-    module = FinetuneModule(
-        net, dm.n_classes, optimizer=instantiate(cfg_tiny.model.finetune.optimizer)
-    )
+    dm = _tiny_datamodule(cfg_tiny)
     n_targets = int(np.count_nonzero(dm._index(dm.splits["train"])[1]))
     mining = HardPositiveMining(fraction=0.25, pool=n_targets // 2, seed=1)
-
-    class KeepFirstEpochNet(L.Callback):  # runs before the miner: the net it scored with
-        def on_train_epoch_end(self, trainer, pl_module):
-            if trainer.current_epoch == 0:
-                self.net = copy.deepcopy(pl_module.net)
-
-    first = KeepFirstEpochNet()
-    trainer = L.Trainer(
-        max_epochs=2,
-        limit_train_batches=2,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        callbacks=[first, mining],
-    )
-    trainer.fit(module, datamodule=dm)
+    first_net = _fit_two_epochs(cfg_tiny, dm, mining)
     sampler, dataset = dm.train_sampler, dm.train_dataset
     hard = mining._hard
     positives = np.flatnonzero(dataset.targets != 0)
@@ -142,5 +130,5 @@ def test_positive_miner_hands_the_lowest_scoring_targets_to_the_sampler(cfg_tiny
     pool = np.sort(np.random.default_rng([1, 0, 17]).choice(positives, n_targets // 2, False))
     assert set(hard) <= set(pool)
     with torch.no_grad():
-        probs = torch.sigmoid(first.net.eval()(dataset.patches(pool))[:, 0]).numpy()
+        probs = torch.sigmoid(first_net.eval()(dataset.patches(pool))[:, 0]).numpy()
     assert probs[np.isin(pool, hard)].max() <= probs[~np.isin(pool, hard)].min()
