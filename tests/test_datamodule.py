@@ -332,5 +332,5 @@ def test_target_contrast_equals_patches_of_a_scan_with_its_target_scaled(cfg_tin
     torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
     unscaled = ds.patches(rows).clamp(0.0, 1.0)
     moved = (x - unscaled).abs().flatten(1).amax(1)
-    assert moved[y == 1].min() > 0.01  # every target patch's centre is dimmed
+    assert moved[y == 1].min() > 0.01  # every target patch is changed by the scaling
     assert (moved[y == 0] < 1e-6).any()  # background far from any lesion is untouched
