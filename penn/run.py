@@ -227,7 +227,8 @@ def _restore(module: L.LightningModule, path: str | Path) -> None:
 
 
 def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None) -> None:
-    """Fine-tunes one network (ensemble member ``member``); leaves its best weights in ``net``."""
+    """Fine-tunes one network (ensemble member ``member``); leaves its best weights in ``net``
+    (with ``model.finetune.weight_average``, the averaged weights of the best epoch)."""
     module = supervised_module(cfg, net, dm.n_classes, member)
     callbacks = []
     for key, miner in (("hard_negatives", HardNegativeMining),
@@ -235,6 +236,9 @@ def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None
         mining = cfg.model.finetune.get(key)
         if model_info(cfg)["level"] == "patch" and mining and mining.fraction > 0:
             callbacks.append(miner(mining.fraction, mining.pool, seed=cfg.seed + member))
+    average = cfg.model.finetune.get("weight_average")
+    if average:  # a fresh callback per member: it counts the steps of its own fit
+        callbacks.append(instantiate(average))
     if n_members(cfg) > 1:
         log.info("fine-tuning ensemble member %d (members 0 to %d) into checkpoints/%s",
                  member, n_members(cfg) - 1, module.phase)  # fmt: skip
