@@ -25,8 +25,9 @@ class _Trajectory(L.Callback):
         self.weights.append([p.detach().clone() for p in pl_module.net.parameters()])
 
 
-def _fine_tune(cfg, monkeypatch) -> tuple[torch.nn.Module, list[list[torch.Tensor]]]:
-    """A fresh fine-tuning of the tiny network; the kept network and the training trajectory."""
+def _fine_tune(cfg, monkeypatch, resume=("pretrain", 0, None)):
+    """Fine-tunes the tiny network afresh (or resumes: ``resume`` as penn.runtime.resume_phase
+    gives it); returns the kept network and the training weights after every step."""
     trajectory = _Trajectory()
 
     def with_trajectory(cfg, phase, epochs, loggers, callbacks=()):
@@ -41,7 +42,7 @@ def _fine_tune(cfg, monkeypatch) -> tuple[torch.nn.Module, list[list[torch.Tenso
     net = instantiate(cfg.model.net, n_outputs=dm.n_outputs)
     loggers = make_loggers(cfg)
     try:
-        net = finetune(cfg, net, dm, loggers, ("pretrain", 0, None))
+        net = finetune(cfg, net, dm, loggers, resume)
     finally:
         close_loggers(loggers)
     return net, trajectory.weights
@@ -88,3 +89,25 @@ def test_ema_weights_of_the_best_epoch_are_kept_and_training_is_unchanged(
     with pytest.raises(AssertionError):  # a plain run keeps training weights, not the mean
         for got, want in zip(plain.parameters(), means[-1], strict=True):
             torch.testing.assert_close(got.detach(), want)
+
+
+def test_a_resumed_fine_tuning_goes_on_from_the_checkpoints_mean(
+    phantom_dir, tmp_path, monkeypatch
+) -> None:
+    common = ["trainer.limit_train_batches=3", f"model.finetune.weight_average={EMA}"]
+    first = compose_cfg([*common, "model.finetune.epochs=1"], phantom_dir, tmp_path / "first")
+    _fine_tune(first, monkeypatch)
+    last = tmp_path / "first" / "checkpoints" / "finetune" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+
+    resumed = compose_cfg([*common, "model.finetune.epochs=2"], phantom_dir, tmp_path / "again")
+    kept, steps = _fine_tune(resumed, monkeypatch, resume=("finetune", 0, str(last)))
+    assert len(steps) == 3  # the second epoch only
+    names = [name for name, _ in kept.named_parameters()]
+    mean = [saved["state_dict"][f"net.{name}"] for name in names]
+    for weights in steps:  # the saved mean goes on, it does not restart from the first step
+        mean = [0.6 * m + 0.4 * w for m, w in zip(mean, weights, strict=True)]
+    final = torch.load(tmp_path / "again" / "checkpoints" / "finetune" / "last.ckpt",
+                       map_location="cpu", weights_only=True)["state_dict"]  # fmt: skip
+    for name, want in zip(names, mean, strict=True):
+        torch.testing.assert_close(final[f"net.{name}"], want, rtol=1e-5, atol=1e-6)
