@@ -10,7 +10,8 @@ from hydra.utils import instantiate
 import penn.run
 from penn.run import finetune, make_datamodule
 from penn.runtime import close_loggers, make_loggers, make_trainer
-from tests.conftest import compose_cfg
+
+from .conftest import compose_cfg
 
 EMA = "{_target_:lightning.pytorch.callbacks.EMAWeightAveraging,decay:0.6}"
 
@@ -111,3 +112,18 @@ def test_a_resumed_fine_tuning_goes_on_from_the_checkpoints_mean(
                        map_location="cpu", weights_only=True)["state_dict"]  # fmt: skip
     for name, want in zip(names, mean, strict=True):
         torch.testing.assert_close(final[f"net.{name}"], want, rtol=1e-5, atol=1e-6)
+
+
+def test_each_ensemble_member_keeps_the_mean_of_its_own_steps(
+    phantom_dir, tmp_path, monkeypatch
+) -> None:
+    overrides = ["model.finetune.epochs=1", "trainer.limit_train_batches=3",
+                 "trainer.limit_val_batches=0", "model.finetune.members=2",
+                 f"model.finetune.weight_average={EMA}"]  # fmt: skip
+    ensemble, steps = _fine_tune(compose_cfg(overrides, phantom_dir, tmp_path), monkeypatch)
+    assert len(steps) == 6  # 3 steps of member 0, then 3 of member 1
+    for member, own in zip(ensemble.members, (steps[:3], steps[3:]), strict=True):
+        # without validation the run keeps last.ckpt: the mean after the member's last step,
+        # counted from its own first step (a callback shared between members would skip them)
+        for got, want in zip(member.parameters(), _ema(own, 0.6)[-1], strict=True):
+            torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
