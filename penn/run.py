@@ -255,7 +255,9 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
     model = model_info(cfg)
     val, val_labels = dm.splits["val"], dm.native_labels("val")
-    val_pred = predict_volumes(net, val.slices, inference, model, shapes=_shapes(val_labels),
+    progress = bool(cfg.trainer.get("enable_progress_bar", True))  # bars over each volume
+    val_pred = predict_volumes(net, val.slices, inference, model, progress=progress,
+                               shapes=_shapes(val_labels),
                                slice_spacings=val.slice_spacings(dm.plane))  # fmt: skip
     val_truth = [class_map(lab, dm.classes) for lab in val_labels]
     threshold, min_size, calibration = calibrate_decision(val_pred, val_truth, inference)
@@ -265,7 +267,8 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
         "val", patch_labels=val.labels,
     )  # fmt: skip
     test, test_labels = dm.splits["test"], dm.native_labels("test")
-    test_pred = predict_volumes(net, test.slices, inference, model, shapes=_shapes(test_labels),
+    test_pred = predict_volumes(net, test.slices, inference, model, progress=progress,
+                                shapes=_shapes(test_labels),
                                 slice_spacings=test.slice_spacings(dm.plane))  # fmt: skip
     metrics, per_volume = score(
         test_pred,

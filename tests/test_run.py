@@ -37,7 +37,8 @@ def trained(tmp_path_factory):
     """One tiny run shared by the tests below: (run dir, data dir)."""
     base = tmp_path_factory.mktemp("e2e")
     data_dir, run_dir = base / "data", base / "run"
-    penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    proc = penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    (base / "console.txt").write_text(proc.stdout + proc.stderr)
     return run_dir, data_dir
 
 
@@ -58,6 +59,15 @@ def test_run_writes_every_metric_checkpoints_and_model(trained):
     assert "pretrain/stage1/loss" in csv and "val/patch/f1" in csv and "test/pixel/dice" in csv
     assert "time/finetune/epoch_s" in csv and "time/pretrain_stage2/samples_s" in csv
     assert "lr-Adam" in csv  # the learning rate per epoch (conf/callbacks, LearningRateMonitor)
+
+
+def test_no_progress_bars_when_the_trainer_has_none(trained):
+    """``trainer.enable_progress_bar=false`` (in TINY) also silences the dense segmentation's
+    bars over validation and test volumes, which would otherwise fill batch jobs' logs."""
+    run_dir, _ = trained
+    console = (run_dir.parent / "console.txt").read_text()
+    assert "calibrated threshold" in console  # the run's log lines are there
+    assert "segment:" not in console
 
 
 def test_epoch_times_are_logged_and_project_the_protocol(trained):
