@@ -44,8 +44,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     names = meta["data"]["class_names"] if cfg.data.target is None else [cfg.data.target]
     metrics = score_folder(
-        net, meta, Path(cfg.data.root), resolve_classes(cfg, meta), names, inference
-    )
+        net, meta, Path(cfg.data.root), resolve_classes(cfg, meta), names, inference,
+        progress=cfg.progress,
+    )  # fmt: skip
     out = Path(cfg.paths.output_dir)
     write_metrics(out / "metrics.json", metrics)
     print(f"\n{metrics_table(metrics)}\n\nmetrics: {out / 'metrics.json'}")  # the one print
@@ -53,7 +54,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def score_folder(net, meta: dict, root: Path, classes: list[list[int]], names: list[str],
-                 inference: dict) -> dict[str, float]:  # fmt: skip
+                 inference: dict, progress: bool = True) -> dict[str, float]:  # fmt: skip
     """The ``test/...`` metrics of a model on every labelled case of a dataset folder.
 
     Each scan is preprocessed as ``meta['data']`` says (resampled to its ``spacing`` when it has
@@ -77,6 +78,7 @@ def score_folder(net, meta: dict, root: Path, classes: list[list[int]], names: l
         slices,
         inference,
         meta.get("model"),
+        progress=progress,
         shapes=[lab.shape[1:] for lab in labels],
         slice_spacings=slice_spacings,
     )

@@ -103,12 +103,14 @@ def test_evaluate_reproduces_the_runs_test_metrics(trained, tmp_path):
     )
     os.symlink(phantom / "labelsTr" / f"{name}.nii.gz", subset / "labelsTr" / f"{name}.nii.gz")
     out = tmp_path / "eval"
-    penn(
+    proc = penn(
         "penn.evaluate",
         f"ckpt={run_dir / 'model.pt'}",
         f"data.root={subset}",
         f"hydra.run.dir={out}",
+        "progress=false",
     )
+    assert "segment:" not in proc.stdout + proc.stderr  # no bars with progress=false
     metrics = json.loads((out / "metrics.json").read_text())
     tp, fp, tn, fn = evaluation["test_volumes"][name][1]
     assert metrics["test/pixel_pooled/accuracy"] == pytest.approx((tp + tn) / (tp + fp + tn + fn))
