@@ -55,8 +55,9 @@ def final_mask(kind: str, raw: np.ndarray, smooth: np.ndarray, threshold: float,
 
 
 def calibrate(kind: str, raws, smooths, truths, grid, sizes) -> tuple[float, int]:
-    """(t, min_size) with the best pooled validation Dice; ties: the smallest min_size, then the
-    lowest t (as penn.evaluation.calibrate_decision, whose counting this repeats)."""
+    """(t, min_size) with the best pooled validation Dice, counted as
+    penn.evaluation.calibrate_decision counts; ties: the smallest min_size, then the lowest t
+    (its tie rule when these runs were made; the largest min_size since)."""
     tp, fp = np.zeros((len(grid), len(sizes))), np.zeros((len(grid), len(sizes)))
     n_pos = sum(int(t.sum()) for t in truths)
     for raw, smooth, truth in zip(raws, smooths, truths, strict=True):

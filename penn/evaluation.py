@@ -200,9 +200,10 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
     ``inference.calibration.method``: ``joint`` searches every (threshold, min_size) pair of the
     threshold grid and ``calibration.min_sizes`` for the best validation Dice (pooled over the
     voxels, or with ``calibration.objective=mean`` the mean per volume as penn.metrics scores
-    it); ``grid`` chooses the threshold alone (:func:`calibrate`), then ``min_size`` at that
-    threshold (:func:`calibrate_min_size`); ``fixed`` keeps ``inference.threshold``. Multi-class
-    networks (argmax) choose ``min_size`` alone.
+    it; ties go to the largest ``min_size``, then the lowest threshold); ``grid`` chooses the
+    threshold alone (:func:`calibrate`), then ``min_size`` at that threshold
+    (:func:`calibrate_min_size`); ``fixed`` keeps ``inference.threshold``. Multi-class networks
+    (argmax) choose ``min_size`` alone.
 
     Returns:
         (threshold or None for argmax, min_size, a dict that records the choice; its
@@ -255,8 +256,10 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
     counted = (den > 0).sum(0)
     mean = np.where(counted > 0, np.nansum(per_volume, 0) / np.maximum(counted, 1), 0.0)
     dice = pooled if objective == "pooled" else mean
-    # ties: the smallest min_size, then the lowest threshold
-    i, j = min(np.argwhere(dice == dice.max()).tolist(), key=lambda ij: (sizes[ij[1]], ij[0]))
+    # ties: the largest min_size, then the lowest threshold. Validation holds no component of a
+    # size between two tied candidates; over 81 recorded runs, components in such a range were
+    # false positives 57 times in 58 (docs/results/issue2, "Ties between min_size candidates")
+    i, j = min(np.argwhere(dice == dice.max()).tolist(), key=lambda ij: (-sizes[ij[1]], ij[0]))
     threshold, min_size = float(grid[i]), sizes[j]
     log.info("calibrated threshold %.3f and min_size %d together on validation (%s pixel Dice "
              "%.4f, pooled %.4f, mean per volume %.4f)", threshold, min_size, objective,
@@ -312,7 +315,7 @@ def calibrate_min_size(predictions: list[Prediction], truths: list[np.ndarray],
         )
         tp, fp, fn = counts[1:, 0], counts[1:, 1], counts[1:, 3]
         dice[size] = float(np.mean(2 * tp / np.maximum(2 * tp + fp + fn, 1)))
-    best = max(candidates, key=lambda m: (dice[m], -m))  # ties: the smallest
+    best = max(candidates, key=lambda m: (dice[m], m))  # ties: the largest (calibrate_decision)
     log.info("calibrated min_size %d on validation (pooled pixel Dice %.4f)", best, dice[best])
     return best, {"min_size": best, "method": "grid", "val_pooled_dice": dice}
 

@@ -226,6 +226,32 @@ def test_unknown_or_unsuitable_engines_are_refused():
         segment_slices(cnn, slices, 2, 1, engine="rows")
 
 
+@pytest.mark.parametrize("lesion_voxels", [2000, 600])
+def test_tied_min_sizes_go_to_the_largest_and_a_strict_preference_stands(lesion_voxels):
+    """A lesion and a 100-voxel false positive. With a 2000-voxel lesion, min_size 250 and 1000
+    both keep the lesion alone (a tie: 1000 is chosen, by both calibrations); with a 600-voxel
+    lesion, 1000 drops it, and validation's strict preference for 250 stands."""
+    from penn.evaluation import Prediction, calibrate_decision, calibrate_min_size
+
+    truth = np.zeros((10, 40, 40), np.uint8)
+    depth = lesion_voxels // 200
+    truth[1 : 1 + depth, 5:25, 5:15] = 1  # depth x 20 x 10 voxels
+    probs = truth[:, None].astype(np.float32) * 0.9
+    probs[8, 0, 30:40, 30:40] = 0.8  # a 100-voxel false positive in one slice
+    inference = {
+        "threshold": 0.5,
+        "calibration": {"method": "joint", "low": 0.5, "high": 0.7, "step": 0.1,
+                        "min_sizes": [0, 250, 1000]},
+        "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0},
+    }  # fmt: skip
+    expected = 1000 if lesion_voxels > 1000 else 250
+    pred = [Prediction(probs, None)]
+    threshold, min_size, record = calibrate_decision(pred, [truth], inference)
+    assert (threshold, min_size) == (0.5, expected)  # thresholds 0.5-0.7 tie too: the lowest
+    assert record["postprocess"]["val_pooled_dice"][expected] == 1.0
+    assert calibrate_min_size(pred, [truth], 0.5, inference)[0] == expected
+
+
 def test_min_size_is_chosen_on_validation_and_drops_small_false_positives():
     from penn.evaluation import Prediction, calibrate_min_size
 
