@@ -5,16 +5,17 @@
 Each model predicts the validation and test volumes once with its stored read-out, without
 smoothing across slices (the *unsmoothed* map), and that map is smoothed as the run's
 ``inference.slice_sigma_mm`` does (the *smoothed* map). Two decisions are then calibrated on
-validation (threshold t and ``min_size`` jointly, pooled Dice, the grids of ``conf/``) and
-scored on validation and test:
+validation by ``penn.evaluation.calibrate_decision`` (threshold t and ``min_size`` jointly,
+pooled Dice, the grids of ``conf/``) and scored on validation and test:
 
 - ``smoothed``: today's decision, the smoothed map >= t, then ``min_size``;
 - ``two-map``: the 3D connected components of the unsmoothed map >= t that hold a voxel of the
-  smoothed map >= t, then ``min_size``.
+  smoothed map >= t, then ``min_size`` (as one score map, :func:`two_map_scores`).
 
 Printed per run and decision: threshold, min_size, validation pooled and mean per-volume Dice,
 test Dice (mean per volume), test pooled, per test volume, and the false-positive components
-on target-free volumes (docs/results/issue2/README.md, "Detect on the smoothed map ...").
+on target-free volumes (docs/results/issue2/README.md, "Detect on the smoothed map ..."; its
+outputs there were made at ccce0f3, before min_size ties went to the larger candidate).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from skimage import measure
 from trained_run import dice_cells, set_up_data, split_dice
 
 from penn.checkpoint import load_model
-from penn.evaluation import class_map, predict_volumes
-from penn.inference import kept_components, smooth_across_slices
+from penn.evaluation import Prediction, calibrate_decision, class_map, predict_volumes
+from penn.inference import decide, postprocess, smooth_across_slices
 
 SPLITS = ("val", "test")
 
@@ -42,36 +43,19 @@ def two_map_mask(raw: np.ndarray, smooth: np.ndarray, threshold: float) -> np.nd
     return np.isin(components, seeds)
 
 
-def decision_mask(kind: str, raw: np.ndarray, smooth: np.ndarray, threshold: float) -> np.ndarray:
-    """The mask before ``min_size``: the smoothed map >= t, or :func:`two_map_mask`."""
-    return smooth >= threshold if kind == "smoothed" else two_map_mask(raw, smooth, threshold)
+def two_map_scores(raw: np.ndarray, smooth: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """A map q with ``(q >= t) == two_map_mask(raw, smooth, t)`` for every t of ``grid``.
 
-
-def final_mask(kind: str, raw: np.ndarray, smooth: np.ndarray, threshold: float,
-               min_size: int) -> np.ndarray:  # fmt: skip
-    components = measure.label(decision_mask(kind, raw, smooth, threshold))
-    keep = np.flatnonzero(kept_components(np.bincount(components.ravel())[1:], min_size, None))
-    return np.isin(components, keep + 1)
-
-
-def calibrate(kind: str, raws, smooths, truths, grid, sizes) -> tuple[float, int]:
-    """(t, min_size) with the best pooled validation Dice, counted as
-    penn.evaluation.calibrate_decision counts; ties: the smallest min_size, then the lowest t
-    (its tie rule when these runs were made; the largest min_size since)."""
-    tp, fp = np.zeros((len(grid), len(sizes))), np.zeros((len(grid), len(sizes)))
-    n_pos = sum(int(t.sum()) for t in truths)
-    for raw, smooth, truth in zip(raws, smooths, truths, strict=True):
-        for i, t in enumerate(grid):
-            components = measure.label(decision_mask(kind, raw, smooth, t)).ravel()
-            size = np.bincount(components)[1:]
-            hits = np.bincount(components, weights=truth.ravel(), minlength=len(size) + 1)[1:]
-            for j, m in enumerate(sizes):
-                keep = kept_components(size, m, None)
-                tp[i, j] += hits[keep].sum()
-                fp[i, j] += (size[keep] - hits[keep]).sum()
-    dice = 2 * tp / np.maximum(tp + fp + n_pos, 1)
-    i, j = min(np.argwhere(dice == dice.max()).tolist(), key=lambda ij: (sizes[ij[1]], ij[0]))
-    return float(grid[i]), sizes[j]
+    The two-map masks are nested (a component of ``raw >= t'`` with a voxel of ``smooth >= t'``
+    lies in a component of ``raw >= t`` with that voxel, for t < t'), so q, the highest grid
+    threshold whose mask holds the voxel (0 if none), lets penn's own threshold calibration and
+    decision (penn.evaluation.calibrate_decision, penn.inference.decide) treat the two-map
+    decision as one probability map.
+    """
+    q = np.zeros(raw.shape, np.float64)  # exactly the grid values, which calibration compares
+    for t in grid:  # increasing
+        q[two_map_mask(raw, smooth, t)] = t
+    return q
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     truths = {s: [class_map(lab, dm.classes) > 0 for lab in dm.splits[s].labels] for s in SPLITS}
     c = OmegaConf.to_container(cfg.inference.calibration, resolve=True)
     grid = np.round(np.arange(c["low"], c["high"] + 1e-9, c["step"]), 6)
-    sizes = [int(m) for m in c["min_sizes"]]
     print(
         "| run | decision | threshold | min_size | val pooled | val mean | test Dice "
         "| test pooled | per test volume | false positives on target-free volumes (voxels) |"
@@ -93,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         net, meta = load_model(run / "model.pt")
         inference = dict(meta["inference"])
+        decision = inference | {"calibration": c}  # today's calibration settings of conf/
         sigma = float(inference.get("slice_sigma_mm", 0.0))
         raw, smooth = {}, {}
         for s in SPLITS:
@@ -104,12 +88,19 @@ def main(argv: list[str] | None = None) -> int:
                 smooth_across_slices(p.probs, sigma, sp)[:, 0]
                 for p, sp in zip(preds, spacings, strict=True)
             ]
-        for kind in ("smoothed", "two-map"):
-            t, m = calibrate(kind, raw["val"], smooth["val"], truths["val"], grid, sizes)
+        maps = {
+            "smoothed": smooth,
+            "two-map": {s: [two_map_scores(r, sm, grid) for r, sm in zip(raw[s], smooth[s],
+                                                                         strict=True)]
+                        for s in SPLITS},
+        }  # fmt: skip
+        for kind, probs in maps.items():
+            val_pred = [Prediction(p[:, None], None) for p in probs["val"]]
+            t, m, _ = calibrate_decision(val_pred, truths["val"], decision)
+            settings = decision["postprocess"] | {"min_size": m}
             row, blobs = {}, []
             for s in SPLITS:
-                masks = [final_mask(kind, r, sm, t, m)
-                         for r, sm in zip(raw[s], smooth[s], strict=True)]  # fmt: skip
+                masks = [postprocess(decide(p[:, None], t), **settings) > 0 for p in probs[s]]
                 row[s] = split_dice(masks, truths[s])
                 for name, mask, truth in zip(dm.splits[s].names, masks, truths[s], strict=True):
                     if not truth.any() and mask.any():
