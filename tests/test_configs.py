@@ -198,24 +198,28 @@ def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_
 
 
 @pytest.mark.parametrize(
-    ("overrides", "epochs", "mined", "gamma", "context", "members", "sigma", "ema"),
+    ("overrides", "epochs", "mined", "gamma", "context", "members", "sigma", "ema", "smooth"),
     [
-        ([], 8, 0.75, [0.8, 1.25], 8, 3, 3.0, 0.98),  # the phantom: conf/tuning/phantom_penn.yaml
-        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0], 4, 1, 6.0, None),  # conf/tuning/lumbar_vb_penn
-        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0], 4, 1, 6.0, None),  # CLI
-        (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None),  # no tuning file
-        (["data=lumbar_vb", "+experiment=paper"], 15, 0.0, [0.5, 2.0], 0, 1, 0.0, None),  # paper
-        (["+experiment=paper"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None),  # on the phantom too
-        (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25], 0, 1, 0.0, None),  # own conf
+        ([], 8, 0.75, [0.8, 1.25], 8, 3, 3.0, 0.98, 1.0),  # conf/tuning/phantom_penn
+        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0], 4, 1, 6.0, None, 2.0),  # lumbar_vb_penn
+        # a command-line override beats the tuning file
+        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0], 4, 1, 6.0, None, 2.0),
+        (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),  # no tuning file
+        # the paper restates its protocol over the tuning files
+        (["data=lumbar_vb", "+experiment=paper"], 15, 0.0, [0.5, 2.0], 0, 1, 0.0, None, 2.0),
+        (["+experiment=paper"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),  # on the phantom too
+        (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25], 0, 1, 0.0, None, 2.0),  # own conf
     ],
 )
 def test_per_dataset_tuning_sets_penns_finetuning(overrides, epochs, mined, gamma, context,
-                                                  members, sigma, ema, tmp_path):  # fmt: skip
+                                                  members, sigma, ema, smooth,
+                                                  tmp_path):  # fmt: skip
     cfg = compose_train(overrides, tmp_path)
     finetune = cfg.model.finetune
     assert finetune.epochs == epochs and finetune.members == members
     assert (finetune.get("weight_average") or {}).get("decay") == ema
     assert cfg.inference.slice_sigma_mm == sigma
+    assert cfg.data.preprocess.smooth_sigma == smooth
     assert (finetune.hard_negatives.fraction if "hard_negatives" in finetune else None) == mined
     assert list(cfg.data.augment.gamma) == gamma
     assert cfg.data.patches.context_dilation == context
