@@ -26,11 +26,11 @@ test: setup ## run the test suite (under 5 minutes on 2 CPU cores)
 test-full: setup ## run every test, slow ones included
 	$(BIN)/python -m pytest -q
 
-run: setup ## train, calibrate and test PENN on the built-in phantom (ARGS=hydra overrides)
-	$(BIN)/python -m penn.run $(ARGS)
+run: setup ## train, calibrate and test PENN (recipe penn_phantom) on the built-in phantom (ARGS=hydra overrides)
+	$(BIN)/python -m penn.run recipe=penn_phantom $(ARGS)
 
-run-lumbar: setup ## the same on the real lumbar scans in ../shared/data/lumbar-vb
-	$(BIN)/python -m penn.run data=lumbar_vb $(ARGS)
+run-lumbar: setup ## the same on the real lumbar scans ($$PENN_DATA_ROOT/lumbar-vb)
+	$(BIN)/python -m penn.run data=lumbar_vb recipe=penn_lumbar_vb $(ARGS)
 
 sweep: setup ## the Fig. 6 grid of hidden layers x nodes (Hydra multirun)
 	$(BIN)/python -m penn.run +experiment=sweep_layers $(ARGS)

@@ -39,7 +39,7 @@ TINY = [
     "model.n_nodes=16",
     "model.pretrain.epochs=1",
     "model.finetune.epochs=1",
-    "model.finetune.members=1",  # the phantom's tuning file trains an ensemble of 3
+    "model.finetune.members=1",  # recipe=penn_phantom trains an ensemble of 3
 ]
 # a pixel-wise baseline (model=unet, ...) at a few channels on small crops
 TINY_SLICES = [

@@ -200,18 +200,27 @@ def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_
 @pytest.mark.parametrize(
     ("overrides", "epochs", "mined", "gamma", "context", "members", "sigma", "ema", "smooth"),
     [
-        ([], 8, 0.75, [0.8, 1.25], 8, 3, 3.0, 0.98, 1.0),  # conf/tuning/phantom_penn
-        (["data=lumbar_vb"], 15, 0.5, [0.5, 2.0], 4, 1, 6.0, None, 2.0),  # lumbar_vb_penn
-        # a command-line override beats the tuning file
-        (["data=lumbar_vb", "model.finetune.epochs=5"], 5, 0.5, [0.5, 2.0], 4, 1, 6.0, None, 2.0),
-        (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),  # no tuning file
-        # the paper restates its protocol over the tuning files
-        (["data=lumbar_vb", "+experiment=paper"], 15, 0.0, [0.5, 2.0], 0, 1, 0.0, None, 2.0),
-        (["+experiment=paper"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),  # on the phantom too
-        (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25], 0, 1, 0.0, None, 2.0),  # own conf
+        # model=penn without a recipe: the paper's PENN
+        ([], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),
+        (["data=lumbar_vb"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),
+        (["recipe=penn_phantom"], 8, 0.75, [0.8, 1.25], 8, 3, 3.0, 0.98, 1.0),
+        (["data=lumbar_vb", "recipe=penn_lumbar_vb"], 15, 0.5, [0.5, 2.0], 4, 1, 6.0, None, 2.0),
+        # a command-line override beats the recipe
+        (
+            ["data=lumbar_vb", "recipe=penn_lumbar_vb", "model.finetune.epochs=5"],
+            5, 0.5, [0.5, 2.0], 4, 1, 6.0, None, 2.0,
+        ),
+        (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),
+        # the paper restates its protocol over a recipe
+        (
+            ["data=lumbar_vb", "recipe=penn_lumbar_vb", "+experiment=paper"],
+            15, 0.0, [0.5, 2.0], 0, 1, 0.0, None, 2.0,
+        ),
+        (["+experiment=paper"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),
+        (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25], 0, 1, 0.0, None, 2.0),
     ],
 )
-def test_per_dataset_tuning_sets_penns_finetuning(overrides, epochs, mined, gamma, context,
+def test_recipes_set_penns_settings_and_no_recipe_is_the_paper(overrides, epochs, mined, gamma, context,
                                                   members, sigma, ema, smooth,
                                                   tmp_path):  # fmt: skip
     cfg = compose_train(overrides, tmp_path)
@@ -224,3 +233,5 @@ def test_per_dataset_tuning_sets_penns_finetuning(overrides, epochs, mined, gamm
     assert list(cfg.data.augment.gamma) == gamma
     assert cfg.data.patches.context_dilation == context
     assert cfg.model.net.get("context_dilation", 0) == (context if cfg.model.name == "penn" else 0)
+    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
+    assert cfg.recipe_name == recipe
