@@ -534,12 +534,14 @@ class PatchDataModule(L.LightningDataModule):
         preprocess: keyword arguments of :func:`penn.preprocess.preprocess_volume` but ``plane``.
         augment: intensity augmentation ranges for training, or None.
         loader: ``batch_size``, ``num_workers``, ``pin_memory``, ``max_eval_patches``.
+        external: a labelled collection (``name``, ``root``) that ``penn.run`` scores the trained
+            model on after the test split (:mod:`penn.external`); not read by the data module.
     """
 
     def __init__(self, name, root, phantom, plane, target, targets, patches, balance_ratio,
-                 resample_each_epoch, split, preprocess, augment, loader):  # fmt: skip
+                 resample_each_epoch, split, preprocess, augment, loader, external=None):  # fmt: skip
         super().__init__()
-        self.name, self.root = name, Path(root)
+        self.name, self.root, self.external = name, Path(root), external
         self.phantom, self.plane, self.target, self.targets = phantom, plane, target, targets
         self.patch_cfg, self.balance_ratio, self.split_cfg = patches, balance_ratio, split
         self.resample_each_epoch = resample_each_epoch

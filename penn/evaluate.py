@@ -1,6 +1,6 @@
 """Entry point: score a trained model on every labelled volume of a dataset.
 
-python -m penn.evaluate ckpt=outputs/train/<run>/model.pt data.root=../shared/data/lumbar-vb
+python -m penn.evaluate ckpt=outputs/train/<run>/model.pt data.root=/path/to/dataset
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from penn.checkpoint import load_model
-from penn.evaluation import predict_volumes, score
-from penn.io import DataError, list_cases, read_case, read_dataset_json
-from penn.preprocess import PLANE_AXIS, label_slices, preprocess_volume, to_slices
+from penn.evaluation import score, segment_folder
 from penn.reports import metrics_table, write_metrics
 
 log = logging.getLogger(__name__)
@@ -54,44 +52,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def score_folder(net, meta: dict, root: Path, classes: list[list[int]], names: list[str],
-                 inference: dict, progress: bool = True) -> dict[str, float]:  # fmt: skip
+                 inference: dict, progress: bool = True) -> dict[str, float]:
     """The ``test/...`` metrics of a model on every labelled case of a dataset folder.
 
     Each scan is preprocessed as ``meta['data']`` says (resampled to its ``spacing`` when it has
     one), segmented, and scored on its own grid.
     """
-    data = meta["data"]
-    allowed = sorted(int(v) for v in read_dataset_json(root)["labels"].values())
-    plane, spacing = data["plane"], data["preprocess"].get("spacing")
-    slices, labels, working_labels, slice_spacings = [], [], [], []
-    for case in list_cases(root):
-        volume = read_case(case, allowed)
-        slice_spacings.append(volume.spacing[PLANE_AXIS[plane]])
-        slices.append(preprocess_volume(volume.image, plane, voxel_spacing=volume.spacing,
-                                        **data["preprocess"]))  # fmt: skip
-        labels.append(to_slices(volume.labels, plane))
-        working_labels.append(label_slices(volume.labels, plane, spacing, volume.spacing))
-    if not slices:
-        raise DataError(f"{root}: no labelled volumes")
-    predictions = predict_volumes(
-        net,
-        slices,
-        inference,
-        meta.get("model"),
-        progress=progress,
-        shapes=[lab.shape[1:] for lab in labels],
-        slice_spacings=slice_spacings,
-    )
+    folder = segment_folder(net, meta, root, inference, progress=progress)
     metrics, _ = score(
-        predictions,
-        labels,
+        folder.predictions,
+        folder.labels,
         classes,
         names,
-        data["patches"],
+        meta["data"]["patches"],
         inference,
         inference["threshold"],
         "test",
-        patch_labels=working_labels,
+        patch_labels=folder.working_labels,
     )
     return metrics
 

@@ -19,10 +19,11 @@ from penn.inference import (
     segment_slices_pixelwise,
     smooth_across_slices,
 )
+from penn.io import DataError, Volume, list_cases, read_case, read_dataset_json
 from penn.metrics import confusion_counts, summarize
 from penn.models.ensemble import members_of
 from penn.patches import label_patches
-from penn.preprocess import resize_in_plane
+from penn.preprocess import PLANE_AXIS, label_slices, preprocess_volume, resize_in_plane, to_slices
 
 __all__ = [
     "Prediction",
@@ -32,6 +33,8 @@ __all__ = [
     "calibrate_decision",
     "calibrate_min_size",
     "score",
+    "segment_folder",
+    "SegmentedFolder",
 ]
 
 log = logging.getLogger(__name__)
@@ -358,3 +361,59 @@ def score(predictions: list[Prediction], labels: list[np.ndarray], classes: list
             patch_pred = decide(pred.patch_probs[:, :, :ny, :nx], threshold)
         patch_total += confusion_counts(patch_pred, patch_truth, n_classes)
     return summarize(per_volume, patch_total, class_names, stage), rows
+
+
+@dataclass
+class SegmentedFolder:
+    """Every labelled case of a dataset folder, segmented (probabilities, not yet decided).
+
+    Attributes:
+        volumes: the cases as read (canonical RAS+ orientation, raw labels, voxel spacing).
+        labels: per case, the raw (S, H, W) label slices on the scan's own grid.
+        working_labels: the same on the network's working grid (``data.preprocess.spacing``).
+        predictions: per case, the network's :class:`Prediction` on the scan's own grid.
+    """
+
+    volumes: list[Volume]
+    labels: list[np.ndarray]
+    working_labels: list[np.ndarray]
+    predictions: list[Prediction]
+
+
+def segment_folder(
+    net, meta: dict, root, inference: dict, progress: bool = True
+) -> SegmentedFolder:
+    """Reads, preprocesses (as ``meta['data']`` says) and segments every labelled case of ``root``.
+
+    Args:
+        net: the trained network of a model file; ``meta`` its metadata
+            (:func:`penn.checkpoint.load_model`).
+        root: a dataset folder in the nnU-Net raw layout.
+        inference: the inference settings (the model file's, possibly overridden).
+        progress: a progress bar over each volume's slices.
+    """
+    data = meta["data"]
+    allowed = sorted(int(v) for v in read_dataset_json(root)["labels"].values())
+    plane, spacing = data["plane"], data["preprocess"].get("spacing")
+    volumes, slices, labels, working_labels = [], [], [], []
+    for case in list_cases(root):
+        volume = read_case(case, allowed)
+        volumes.append(volume)
+        image = preprocess_volume(
+            volume.image, plane, voxel_spacing=volume.spacing, **data["preprocess"]
+        )
+        slices.append(image)
+        labels.append(to_slices(volume.labels, plane))
+        working_labels.append(label_slices(volume.labels, plane, spacing, volume.spacing))
+    if not slices:
+        raise DataError(f"{root}: no labelled volumes")
+    predictions = predict_volumes(
+        net,
+        slices,
+        inference,
+        meta.get("model"),
+        progress=progress,
+        shapes=[lab.shape[1:] for lab in labels],
+        slice_spacings=[v.spacing[PLANE_AXIS[plane]] for v in volumes],
+    )
+    return SegmentedFolder(volumes, labels, working_labels, predictions)

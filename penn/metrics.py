@@ -182,3 +182,31 @@ def best_interval_dice(images: list[np.ndarray], masks: list[np.ndarray], bins: 
     tp = cum_tum[None, :] - cum_tum[:, None]
     dice = np.where(pred > 0, 2.0 * tp / np.maximum(pred + m.sum(), 1), 0.0)
     return float(dice.max())
+
+
+def surface_distances(
+    pred: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[float, float]:
+    """HD95 and the average symmetric surface distance of two binary masks, in mm (MONAI).
+
+    Args:
+        pred, truth: boolean masks of one shape (2D or 3D).
+        spacing: the voxel size in mm along each axis of the masks.
+
+    Returns:
+        (hd95, asd): the 95th percentile of the distances between the two surfaces (both
+        directions) and their symmetric mean; NaN when either mask is empty (no surface to
+        measure), which :func:`numpy.nanmean` then leaves out of a mean over volumes.
+    """
+    if pred.shape != truth.shape:
+        raise ValueError(f"pred {pred.shape} and truth {truth.shape} differ in shape")
+    if not pred.any() or not truth.any():
+        return math.nan, math.nan
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    y_pred = torch.as_tensor(np.asarray(pred, dtype=bool))[None, None]
+    y = torch.as_tensor(np.asarray(truth, dtype=bool))[None, None]
+    spacing = [float(s) for s in spacing]
+    hd95 = compute_hausdorff_distance(y_pred, y, percentile=95, spacing=spacing)
+    asd = compute_average_surface_distance(y_pred, y, symmetric=True, spacing=spacing)
+    return float(hd95.item()), float(asd.item())

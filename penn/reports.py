@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io as _bytesio
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from penn.metrics import METRICS  # noqa: E402
 from penn.tables import Grid  # noqa: E402
 
 __all__ = [
+    "write_csv",
     "write_metrics",
     "metrics_table",
     "overlay_figure",
@@ -25,6 +27,18 @@ __all__ = [
     "heatmap_figure",
     "write_heatmaps",
 ]
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> Path:
+    """Writes rows (dicts with the same keys) as CSV, atomically; NaN stays an empty cell."""
+    buffer = _bytesio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        )
+    return write_atomic_bytes(path, buffer.getvalue().encode())
 
 
 def write_metrics(path: str | Path, metrics: dict[str, float]) -> Path:

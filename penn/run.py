@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from penn.checkpoint import save_model
 from penn.evaluation import calibrate_decision, class_map, predict_volumes, score
+from penn.external import evaluate_external
 from penn.io import write_atomic_bytes, write_json
 from penn.lit.baseline import SegmentationModule
 from penn.lit.finetune import FinetuneModule
@@ -36,7 +37,7 @@ from penn.lit.pretrain import PretrainModule
 from penn.mining import HardNegativeMining, HardPositiveMining
 from penn.models.ensemble import Ensemble
 from penn.preprocess import resize_in_plane
-from penn.reports import metrics_table, write_metrics, write_overlays
+from penn.reports import metrics_table, write_csv, write_metrics, write_overlays
 from penn.runtime import close_loggers, log_final, make_loggers, make_trainer, resume_phase
 
 log = logging.getLogger(__name__)
@@ -324,7 +325,21 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
             pred.labels,
             cfg.inference.overlays,
         )
+    metrics |= external_validation(cfg, out, progress)
+    metrics["recipe"] = cfg.get("recipe_name")
+    write_metrics(out / "metrics.json", metrics)
     log_final(loggers, metrics, overlays)
+    return metrics
+
+
+def external_validation(cfg: DictConfig, out: Path, progress: bool) -> dict[str, float]:
+    """``external/...`` metrics of the run's model on ``data.external`` (none when it is null);
+    its per-case rows go to ``external/<name>.csv``."""
+    external = cfg.data.get("external")
+    if not external:
+        return {}
+    metrics, rows = evaluate_external(out / "model.pt", external.root, progress=progress)
+    write_csv(out / "external" / f"{external.name}.csv", rows)
     return metrics
 
 

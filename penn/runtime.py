@@ -91,7 +91,9 @@ def resume_phase(ckpt_path: str | None) -> tuple[str, int, str | None]:
 
 def log_final(loggers: list[Logger], metrics: dict[str, float], images: list[Path]) -> None:
     """Sends the final metrics (and overlay images to W&B) to every logger."""
-    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+    finite = {
+        k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)
+    }
     for logger in loggers:
         logger.log_metrics(finite)
         if isinstance(logger, WandbLogger):

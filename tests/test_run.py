@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -37,9 +39,35 @@ def trained(tmp_path_factory):
     """One tiny run shared by the tests below: (run dir, data dir)."""
     base = tmp_path_factory.mktemp("e2e")
     data_dir, run_dir = base / "data", base / "run"
-    proc = penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    proc = penn(
+        "penn.run",
+        *TINY,
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        "data.external={name:self,root:${data.root}}",  # the phantom itself as external data
+    )
     (base / "console.txt").write_text(proc.stdout + proc.stderr)
     return run_dir, data_dir
+
+
+def test_external_validation_rescores_the_test_volumes_as_the_run_did(trained):
+    """Every case of the external collection (here the phantom itself) gets a row per scope; the
+    test volumes among them score what the run's own test scoring counted."""
+    run_dir, _ = trained
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for scope in ("whole", "extent"):
+        for key in ("pixel/dice", "pixel_pooled/dice", "pixel/iou", "pixel/hd95_mm"):
+            assert f"external/{scope}/{key}" in metrics
+    assert metrics["recipe"] is None
+    rows = list(csv.DictReader((run_dir / "external" / "self.csv").open()))
+    assert len(rows) == 2 * 6  # 6 phantom volumes, whole and extent
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    whole = {r["case"]: r for r in rows if r["scope"] == "whole"}
+    for name, counts in evaluation["test_volumes"].items():
+        tp, fp, _, fn = counts[1]
+        expected = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
+        got = float(whole[name]["dice"]) if whole[name]["dice"] else math.nan
+        assert got == pytest.approx(expected, nan_ok=True)
 
 
 def test_run_writes_every_metric_checkpoints_and_model(trained):
