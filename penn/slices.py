@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from penn.data.contrast import ContrastAugment
 from penn.datamodule import PatchDataModule
 from penn.evaluation import class_map
 
@@ -83,13 +84,18 @@ class SliceDataset(Dataset):
         classes: per foreground class, its raw label values (class k = ``classes[k-1]``).
         context_offset: 0 for one channel, k for the (i - k, i, i + k) triplet.
         crop: random training crop size in pixels (None: whole slices).
-        augment: :func:`augment_slice`'s settings (None: no augmentation).
+        augment: :func:`augment_slice`'s settings (None: no augmentation); its ``contrast``
+            entry, when set, is :class:`~penn.data.contrast.ContrastAugment`'s, applied after.
+        seed: seed of the contrast augmentation's draws (each loader worker adds its id).
     """
 
     def __init__(self, slices: list[np.ndarray], labels: list[np.ndarray],
                  classes: list[list[int]], context_offset: int, crop: int | None = None,
-                 augment: dict | None = None):  # fmt: skip
+                 augment: dict | None = None, seed: int = 0):  # fmt: skip
         self.slices, self.offset = slices, context_offset
+        contrast = (augment or {}).get("contrast")
+        self.contrast = ContrastAugment(**contrast, seed=seed) if contrast else None
+        self.seed, self._worker = seed, None
         self.crop, self.augment = crop, augment
         self.masks = [class_map(lab, classes) for lab in labels]
         self.index = [(v, s) for v, vol in enumerate(slices) for s in range(len(vol))]
@@ -110,7 +116,18 @@ class SliceDataset(Dataset):
         image, mask = _crop(image, mask, self.crop)
         if self.augment:
             image, mask = augment_slice(image, mask, self.augment)
+        if self.contrast is not None:
+            image = self._contrast_of_this_worker()(image)
         return image, mask
+
+    def _contrast_of_this_worker(self) -> ContrastAugment:
+        """Loader workers each hold a copy: worker k re-seeds its copy with ``seed + k``."""
+        worker = torch.utils.data.get_worker_info()
+        worker_id = 0 if worker is None else worker.id
+        if self._worker != worker_id:
+            self.contrast.transform.set_random_state(seed=self.seed + worker_id)
+            self._worker = worker_id
+        return self.contrast
 
 
 class SliceDataModule(PatchDataModule):
@@ -140,6 +157,7 @@ class SliceDataModule(PatchDataModule):
             self.context_offset,
             crop=self.crop if train else None,
             augment=self.slice_augment if train else None,
+            seed=self.stream_seed,
         )
         return DataLoader(
             dataset,

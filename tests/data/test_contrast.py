@@ -135,3 +135,45 @@ def test_spatially_varying_transforms_keep_the_tissue_boundary_in_place():
         recovered = out > 0.45
         agreement = (recovered == label).float().mean()
         assert agreement > 0.97
+
+
+def _config(settings: dict) -> dict:
+    """As in conf/model/slices: the seed comes from the run, not the config."""
+    return {k: v for k, v in settings.items() if k != "seed"}
+
+
+def test_slice_dataset_applies_the_contrast_augmentation_after_the_spatial_one():
+    """With the spatial part at identity and inversion certain, a training slice comes back
+    inverted and its class map untouched; the same seed gives the same stream."""
+    from penn.slices import SliceDataset
+
+    rng = np.random.default_rng(0)
+    slices = [rng.random((3, 24, 20)).astype(np.float32)]
+    labels = [(slices[0] > 0.5).astype(np.uint8)]
+    identity = {
+        "rotation_deg": 0.0,
+        "scale": [1.0, 1.0],
+        "elastic_px": 0.0,
+        "elastic_grid": 3,
+        "gamma": [1.0, 1.0],
+        "noise_std": 0.0,
+    }
+    inverted = SliceDataset(
+        slices,
+        labels,
+        [[1]],
+        0,
+        None,
+        dict(identity, contrast=_config(dict(OFF, invert_p=1.0))),
+        seed=3,
+    )
+    image, mask = inverted[1]
+    np.testing.assert_allclose(image.numpy()[0], 1.0 - slices[0][1], atol=1e-5)
+    np.testing.assert_array_equal(mask.numpy(), labels[0][1])
+    a = SliceDataset(
+        slices, labels, [[1]], 0, None, dict(identity, contrast=_config(EVERYTHING)), seed=3
+    )
+    b = SliceDataset(
+        slices, labels, [[1]], 0, None, dict(identity, contrast=_config(EVERYTHING)), seed=3
+    )
+    assert all(torch.equal(a[i][0], b[i][0]) for i in range(3))
