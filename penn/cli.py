@@ -12,7 +12,7 @@ import importlib.util
 import runpy
 import sys
 
-__all__ = ["VERBS", "main", "run_as_main"]
+__all__ = ["VERBS", "main", "require_options", "run_as_main"]
 
 VERBS = {
     "run": ("penn.run", "train, calibrate and test a model (conf/train.yaml)"),
@@ -20,6 +20,26 @@ VERBS = {
     "predict": ("penn.predict", "segment new scans with a model file (conf/predict.yaml)"),
     "lesions": ("penn.make_lesions", "write the lesion benchmark dataset (conf/lesions.yaml)"),
 }
+
+
+# what a required option (``???`` in conf/) is, for the one-line error when it is missing
+REQUIRED = {
+    "ckpt": "the model file, a run's model.pt",
+    "input": "the scan, DICOM series or folder of scans to segment",
+    "output": "the folder to write the results into",
+    "data.root": "the labelled dataset folder, in the nnU-Net raw layout",
+}
+
+
+def require_options(cfg, command: str) -> None:
+    """Exits with one line naming each required option (``???`` in the config) not given."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        given = ", ".join(f"{key}=... ({REQUIRED.get(key, 'required')})" for key in missing)
+        sys.stderr.write(f"{command}: missing required option {given}\n")
+        raise SystemExit(2)
 
 
 def usage() -> str:

@@ -538,8 +538,23 @@ class PatchDataModule(L.LightningDataModule):
             model on after the test split (:mod:`penn.external`); not read by the data module.
     """
 
-    def __init__(self, name, root, phantom, plane, target, targets, patches, balance_ratio,
-                 resample_each_epoch, split, preprocess, augment, loader, external=None):  # fmt: skip
+    def __init__(
+        self,
+        name,
+        root,
+        phantom,
+        plane,
+        target,
+        targets,
+        patches,
+        balance_ratio,
+        resample_each_epoch,
+        split,
+        preprocess,
+        augment,
+        loader,
+        external=None,
+    ):
         super().__init__()
         self.name, self.root, self.external = name, Path(root), external
         self.phantom, self.plane, self.target, self.targets = phantom, plane, target, targets

@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from penn.checkpoint import load_model
+from penn.cli import require_options
 from penn.evaluation import score, segment_folder
 from penn.reports import metrics_table, write_metrics
 
@@ -51,8 +52,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def score_folder(net, meta: dict, root: Path, classes: list[list[int]], names: list[str],
-                 inference: dict, progress: bool = True) -> dict[str, float]:
+def score_folder(
+    net,
+    meta: dict,
+    root: Path,
+    classes: list[list[int]],
+    names: list[str],
+    inference: dict,
+    progress: bool = True,
+) -> dict[str, float]:
     """The ``test/...`` metrics of a model on every labelled case of a dataset folder.
 
     Each scan is preprocessed as ``meta['data']`` says (resampled to its ``spacing`` when it has
@@ -73,8 +81,9 @@ def score_folder(net, meta: dict, root: Path, classes: list[list[int]], names: l
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+@hydra.main(version_base="1.3", config_path="pkg://penn.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    require_options(cfg, "penn evaluate")
     evaluate(cfg)
 
 

@@ -106,7 +106,7 @@ def _write_cases(source: Path, out: Path, meta: dict, spec: LesionSpec, seed: in
     write_json(out / "dataset.json", dataset)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="lesions")
+@hydra.main(version_base="1.3", config_path="pkg://penn.conf", config_name="lesions")
 def main(cfg: DictConfig) -> None:
     lesions = OmegaConf.to_container(cfg.data.lesions, resolve=True)
     out = write_lesion_dataset(

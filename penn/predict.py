@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from penn.checkpoint import load_model
+from penn.cli import require_options
 from penn.clinical import csv_bytes, report_row
 from penn.evaluation import class_map, default_device
 from penn.io import DataError, write_atomic_bytes
@@ -139,8 +140,9 @@ def predict(cfg: DictConfig) -> list[dict]:
     return reports
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="pkg://penn.conf", config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
+    require_options(cfg, "penn predict")
     predict(cfg)
 
 

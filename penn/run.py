@@ -372,7 +372,7 @@ def train(cfg: DictConfig) -> float:
     return float(value) if value is not None and np.isfinite(value) else 0.0
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://penn.conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     return train(cfg)
 

@@ -208,21 +208,35 @@ def test_every_model_config_builds_its_network_and_monitors_its_level(name, tmp_
         # a command-line override beats the recipe
         (
             ["data=lumbar_vb", "recipe=penn_lumbar_vb", "model.finetune.epochs=5"],
-            5, 0.5, [0.5, 2.0], 4, 1, 6.0, None, 2.0,
+            5,
+            0.5,
+            [0.5, 2.0],
+            4,
+            1,
+            6.0,
+            None,
+            2.0,
         ),
         (["data=lumbar_vb_lesions"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),
         # the paper restates its protocol over a recipe
         (
             ["data=lumbar_vb", "recipe=penn_lumbar_vb", "+experiment=paper"],
-            15, 0.0, [0.5, 2.0], 0, 1, 0.0, None, 2.0,
+            15,
+            0.0,
+            [0.5, 2.0],
+            0,
+            1,
+            0.0,
+            None,
+            2.0,
         ),
         (["+experiment=paper"], 8, 0.0, [0.8, 1.25], 0, 1, 0.0, None, 2.0),
         (["data=lumbar_vb", "model=unet"], 20, None, [0.8, 1.25], 0, 1, 0.0, None, 2.0),
     ],
 )
-def test_recipes_set_penns_settings_and_no_recipe_is_the_paper(overrides, epochs, mined, gamma, context,
-                                                  members, sigma, ema, smooth,
-                                                  tmp_path):  # fmt: skip
+def test_recipes_set_penns_settings_and_no_recipe_is_the_paper(
+    overrides, epochs, mined, gamma, context, members, sigma, ema, smooth, tmp_path
+):
     cfg = compose_train(overrides, tmp_path)
     finetune = cfg.model.finetune
     assert finetune.epochs == epochs and finetune.members == members

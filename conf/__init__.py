@@ -1,0 +1,1 @@
+"""penn's Hydra configs as a package, read by the entry points as ``pkg://penn.conf``."""
