@@ -1,4 +1,4 @@
-"""Speed benchmarks (issue 5): dense segmentation, volumes, the patch stream and training.
+"""Speed benchmarks: dense segmentation, volumes, the patch stream and training.
 
     make bench                                       # = python experiments/bench.py
     python experiments/bench.py slice.strides=[4] sections=[slice,volume]

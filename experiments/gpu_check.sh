@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 5 in one go, on a machine with a CUDA GPU:
+# The GPU figures in one go, on a machine with a CUDA GPU:
 #   1. the tests that need CUDA (CUDA-graph training steps, GPU copy-back of dense maps);
 #   2. experiments/gpu_step_probe.py: one training step eager, as a CUDA graph, and through
 #      penn's StepGroup (data.loader.steps_per_batch);

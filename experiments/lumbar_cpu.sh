@@ -2,7 +2,7 @@
 # The CPU-budget runs on ../shared/data/lumbar-vb behind docs/results/lumbar_cpu (issues 3 and 4).
 #   bash experiments/lumbar_cpu.sh table2|slices|opconvnet|grid|ablation|lesions [OUT]
 # (table2 = penn + slices + opconvnet; lesions = the five baselines, three classes, on
-# data=lumbar_vb_lesions (issue 7); finished runs are skipped, so the script resumes)
+# data=lumbar_vb_lesions; finished runs are skipped, so the script resumes)
 # EXTRA="key=value ..." appends overrides to every run (e.g. EXTRA="trainer=gpu data.root=DIR").
 # Every method gets the same data, split (seed 42), preprocessing, calibration and metrics; the
 # budgets are cut to fit 2 CPU cores (see docs/results/lumbar_cpu/README.md), not the paper's.

@@ -5,7 +5,7 @@ spine, nor where in the slice it lies. With ``data.patches.context_dilation`` d 
 comes with a second channel: n x n samples taken every d pixels of the slice smoothed by a
 Gaussian of sigma d / 2, centred on the same pixel (at d = 4, 64 mm of view). Past the slice's
 edge the context is zero, so a patch near the edge sees the edge (a mirrored context shows a
-doubled body there; docs/results/issue2, "context patch").
+doubled body there).
 
 The context channel is a dilated version of the patch: in the dense read-out its first-layer
 weights become a convolution with dilation d over the zero-padded smoothed slice

@@ -261,7 +261,7 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
     dice = pooled if objective == "pooled" else mean
     # ties: the largest min_size, then the lowest threshold. Validation holds no component of a
     # size between two tied candidates; over 81 recorded runs where it held some (250-1000
-    # voxels), dropping them raised validation Dice 57 times in 58 (docs/results/issue2)
+    # voxels), dropping them raised validation Dice 57 times in 58
     i, j = min(np.argwhere(dice == dice.max()).tolist(), key=lambda ij: (-sizes[ij[1]], ij[0]))
     threshold, min_size = float(grid[i]), sizes[j]
     log.info("calibrated threshold %.3f and min_size %d together on validation (%s pixel Dice "

@@ -3,7 +3,7 @@
 A patch classifier whose first layer sees the n x n patch and whose other layers act on that
 layer's codes is exactly a network of one n x n convolution followed by 1 x 1 convolutions.
 Run at a stride s over a whole slice it classifies every patch of the grid in one pass; each
-pixel then takes the mean class probability of the patches that cover it (PAPER.md step 8).
+pixel then takes the mean class probability of the patches that cover it (the paper's step 8).
 Other patch classifiers (e.g. OP-convNet) classify the same grid of patches, unfolded in batches.
 A network with a context patch (:mod:`penn.context`) also gets the context image of the grid's
 centres; the context half of its first layer is a convolution of dilation d over that image.
@@ -582,7 +582,7 @@ def segment_slices_pixelwise(net: nn.Module, slices: np.ndarray, batch_slices: i
     ``net`` maps (B, C, H, W) to logits (B, K, H, W), or to a tuple whose first item they are
     (D-TVNet's contour branch is ignored). With ``context_offset`` k > 0 (SAU-Net) each slice
     is fed with its neighbours i - k and i + k (edges replicated) as three channels.
-    K = 1: sigmoid; else softmax (BASELINES §3). ``progress`` shows a bar over the batches.
+    K = 1: sigmoid; else softmax, as for every baseline. ``progress`` shows a bar over the batches.
     """
     was_training = net.training
     net.eval().to(device)

@@ -1,4 +1,4 @@
-"""Pure array functions of the paper's preprocessing (PAPER.md step 2), slicing along a plane, and
+"""Pure array functions of the paper's preprocessing (its step 2), slicing along a plane, and
 resampling the slices to a common in-plane pixel spacing (and back)."""
 
 from __future__ import annotations

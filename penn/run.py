@@ -84,7 +84,7 @@ def check_context_patch(cfg: DictConfig, net, dm) -> None:
 
 
 def pretrain(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]) -> None:
-    """Greedy layer-wise pretraining, one ``Trainer.fit`` per stage (PAPER.md step 6)."""
+    """Greedy layer-wise pretraining, one ``Trainer.fit`` per stage (the paper's step 6)."""
     phase, first_stage, ckpt = resume
     if phase == "finetune" or cfg.model.get("pretrain") is None or cfg.model.pretrain.epochs <= 0:
         return

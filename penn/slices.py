@@ -1,9 +1,9 @@
-"""Whole-slice data and inference for the pixel-wise baselines (BASELINES.md §3), on PENN's splits.
+"""Whole-slice data and inference for the pixel-wise baselines on PENN's splits.
 
 :class:`SliceDataModule` reuses :class:`~penn.datamodule.PatchDataModule`'s reading,
 preprocessing and patient-level split, and serves (image, class map) slice pairs instead of
 patches. With ``context_offset`` k > 0 each image is the triplet of slices i - k, i, i + k
-(edges replicated) that SAU-Net takes. Training slices get a random crop and the §3
+(edges replicated) that SAU-Net takes. Training slices get a random crop and the baselines'
 augmentation (rotation, scale, elastic deformation, gamma, noise; no anterior-posterior flip);
 validation and test slices are served whole and unchanged. The nets pad and crop to their
 pooling multiple themselves; :func:`penn.inference.segment_slices_pixelwise` segments volumes.
@@ -134,7 +134,7 @@ class SliceDataModule(PatchDataModule):
     """PENN's data module serving whole slices (same splits, preprocessing and classes).
 
     Args:
-        slice_batch: slices per batch (BASELINES §3: 8).
+        slice_batch: slices per batch (the baselines' protocol: 8).
         context_offset: neighbour offset k for SAU-Net's triplets, 0 for single slices.
         crop: random training crop in pixels (None: whole slices).
         slice_augment: :func:`augment_slice`'s settings for training slices (None: off).

@@ -51,7 +51,7 @@ __all__ = [
     "write_text",
 ]
 
-# The paper's numbers (Chen et al. 2024, see PAPER.md), in %. Not ours: shown beside ours only.
+# The paper's numbers (Chen et al. 2024), in %. Not ours: shown beside ours only.
 # Table 1: the same network without (lambda = beta = 0; the row is mislabelled "MultiResuNet" in
 # the paper) and with the sparse-autoencoder regularisation.
 PAPER_TABLE1 = {
@@ -72,8 +72,8 @@ PAPER_TABLE1 = {
         "dice": 91.1,
     },
 }
-# Table 2 (F1 / IoU / Dice), keyed by penn's `model.name` (BASELINES.md §1). Several rows were
-# copied from other papers and datasets (BASELINES.md §2).
+# Table 2 (F1 / IoU / Dice), keyed by penn's `model.name`. Several rows were
+# copied from other papers and datasets (docs/baseline_networks.md).
 PAPER_TABLE2 = {
     "unet": {"f1": 79.8, "iou": 70.4, "dice": 82.5},
     "dtvnet": {"f1": 78.3, "iou": 74.7, "dice": 85.2},
@@ -267,7 +267,7 @@ def table2(runs: list[Run], stage: str = "test", level: str = "pixel") -> Table:
 def _note(stage: str, level: str, which: str) -> str:
     return (
         f"ours: `{stage}/{level}/*` of each run, mean ± std over its n runs (seeds); "
-        f"paper: the numbers printed in Chen et al. 2024, {which} (PAPER.md), not ours."
+        f"paper: the numbers printed in Chen et al. 2024, {which}, not ours."
     )
 
 

@@ -52,7 +52,7 @@ TINY_SLICES = [
 
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
-    """Directory that holds the tiny phantom (``phantom/``), generated once per test session."""
+    """Directory that holds the tiny phantom (``phantom/``), generated once per test run."""
     return tmp_path_factory.mktemp("data")
 
 

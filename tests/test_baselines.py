@@ -46,7 +46,7 @@ def test_opconvnet_maps_patches_to_logits():
     net = OPConvNet(patch_size=32, n_outputs=1, channels=(32, 64, 128), hidden=256, dropout=0.5)
     assert net(torch.rand(5, 1, 32, 32)).shape == (5, 1)
     assert net(torch.rand(5, 32 * 32)).shape == (5, 1)  # flattened patches, as PENN takes them
-    assert 0.78e6 < n_parameters(net) < 0.84e6  # BASELINES §4.5: about 0.8 M
+    assert 0.78e6 < n_parameters(net) < 0.84e6  # about 0.8 M, as published
     with pytest.raises(ValueError, match="patch_size 20"):
         OPConvNet(patch_size=20, n_outputs=1, channels=(8, 8, 8), hidden=4, dropout=0.0)
 
@@ -93,7 +93,7 @@ def test_multiresunet_follows_the_keras_channel_rule():
 
 def test_unet_has_the_reference_size():
     net = UNet(in_channels=1, n_outputs=2, base_channels=64, depth=4)
-    assert abs(n_parameters(net) - 31.0e6) < 0.1e6  # BASELINES §4.1: about 31.0 M
+    assert abs(n_parameters(net) - 31.0e6) < 0.1e6  # about 31.0 M, as published
 
 
 def test_opconvnet_config_builds_the_patch_cnn_without_pretraining():

@@ -49,7 +49,7 @@ def test_every_experiment_file_is_found():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_opens_with_the_global_package_line(name):
-    # a comment before it makes Hydra file every key under `experiment.` silently (STYLE.md §4)
+    # a comment before it makes Hydra file every key under `experiment.` silently
     first = (CONF / "experiment" / f"{name}.yaml").read_text().splitlines()[0]
     assert first == "# @package _global_"
 

@@ -1,8 +1,8 @@
 """Training of the pixel-wise baselines (UNet, MultiResUNet, D-TVNet, SAU-Net) on whole slices.
 
-Loss (BASELINES.md §3): BCE + soft Dice for one logit, cross-entropy + soft Dice over the
+Loss (docs/baseline_networks.md): BCE + soft Dice for one logit, cross-entropy + soft Dice over the
 foreground classes for C logits; D-TVNet adds ``contour_weight`` * BCE on its contour branch
-with ``pos_weight`` = background / contour pixels (§4.3).
+with ``pos_weight`` = background / contour pixels (D-TVNet's paper).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class SegmentationModule(SupervisedModule):
     Args:
         net: pixel-wise network; returns logits (B, K, H, W), or (logits, contour logits).
         n_classes: classes including background (2 for a binary target).
-        optimizer: partial optimizer taking the parameters (BASELINES §3: AdamW 1e-4).
+        optimizer: partial optimizer taking the parameters (the baselines' protocol: AdamW 1e-4).
         dice_weight: weight of the soft Dice term (0: BCE / CE alone, MultiResUNet's faithful loss).
         contour_weight: weight of the contour term for nets with a contour branch (D-TVNet).
         member: which ensemble member this trains (kept in the checkpoint, for resuming).

@@ -102,7 +102,7 @@ class SupervisedModule(L.LightningModule):
 
 
 class FinetuneModule(GroupedStepsMixin, SupervisedModule):
-    """Trains the whole network on labelled patches (PAPER.md step 7).
+    """Trains the whole network on labelled patches (the paper's step 7).
 
     Args:
         net: a patch classifier (``forward`` maps (B, 1, n, n) to logits (B, n_outputs)).

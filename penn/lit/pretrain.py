@@ -17,7 +17,7 @@ __all__ = ["PretrainModule"]
 class PretrainModule(GroupedStepsMixin, L.LightningModule):
     """Trains autoencoder ``stage`` (0-based) on the codes of the frozen stages before it.
 
-    Unsupervised (PAPER.md step 6): patch labels in the batch are ignored. Only the parameters of
+    Unsupervised (the paper's step 6): patch labels in the batch are ignored. Only the parameters of
     ``net.stages[stage]`` have ``requires_grad``; the optimizer sees nothing else.
 
     Args:

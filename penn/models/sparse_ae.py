@@ -1,4 +1,4 @@
-"""Stacked sparse autoencoder and the patch classifier built on its encoders (PAPER.md step 5).
+"""Stacked sparse autoencoder and the patch classifier built on its encoders (the paper's step 5).
 
 Each autoencoder encodes z = sigmoid(W1 x + b1) and decodes y = sigmoid(W2 z + b2); its loss is
 MSE + lambda * L2(weights) + beta * sum_j KL(rho || rho_hat_j), as MATLAB's ``msesparse`` that the
@@ -25,7 +25,7 @@ def kl_sparsity(codes: torch.Tensor, rho: float, eps: float = 1e-6) -> torch.Ten
     """Sparsity penalty sum_j KL(rho || rho_hat_j) over hidden units.
 
     paper Eq. 2 prints this ratio upside down; this is the standard
-    rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat)), see PAPER.md.
+    rho log(rho / rho_hat) + (1 - rho) log((1 - rho) / (1 - rho_hat)), as the paper writes it.
 
     Args:
         codes: (B, H) hidden activations in (0, 1).
@@ -62,7 +62,7 @@ class SparseAutoencoder(nn.Module):
         Args:
             x: (B, in) inputs in [0, 1].
             lambda_l2: weight of the L2 term; beta: weight of the sparsity term; rho: target
-                activation; l2_on: ``encoder`` (PAPER.md's reading) or ``both`` (MATLAB's).
+                activation; l2_on: ``encoder`` (the paper's reading) or ``both`` (MATLAB's).
         """
         recon, codes = self(x)
         mse = ((recon - x) ** 2).mean()

@@ -1,1 +1,1 @@
-"""Baseline networks of the seed paper's Table 2 (BASELINES.md §4), plain ``nn.Module``s."""
+"""Baseline networks of the paper's Table 2 (docs/baseline_networks.md), plain ``nn.Module``s."""

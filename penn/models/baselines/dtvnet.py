@@ -1,4 +1,4 @@
-"""D-TVNet (Lyu et al. 2021): UNet + auxiliary contour branch + ASPP, as BASELINES.md §4.3's spec.
+"""D-TVNet (Lyu et al. 2021): UNet + auxiliary contour branch + ASPP, as penn's spec of it.
 
 Only the abstract is retrievable. penn's reading: a main UNet and a half-width auxiliary UNet see
 the same slice; the auxiliary branch predicts the mask's contour; at every encoder level its map

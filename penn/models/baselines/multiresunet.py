@@ -1,4 +1,4 @@
-"""MultiResUNet (Ibtehaz & Rahman 2020) following the official Keras code (BASELINES.md §4.2).
+"""MultiResUNet (Ibtehaz & Rahman 2020), after the official Keras code.
 
 Keras rules kept: convs without bias, BN after convs without scale (``scale=False``: shift
 only), MultiRes block order sum -> ReLU -> BN, Res path width F = U. The head is 1x1 conv-BN

@@ -1,4 +1,4 @@
-"""OP-convNet (Qadri et al. 2021): a 2D CNN that classifies overlapping patches (BASELINES §4.5).
+"""OP-convNet (Qadri et al. 2021): a 2D CNN that classifies overlapping patches.
 
 The layer list is not published; this is penn's spec: [3x3 conv-BN-ReLU x2, 2x2 max-pool] with
 32, 64, 128 channels, flatten, FC 256, dropout, FC n_outputs (about 0.8 M parameters).

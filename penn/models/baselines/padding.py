@@ -1,4 +1,4 @@
-"""Pad slices to a multiple of the nets' pooling factor and crop them back (BASELINES §3)."""
+"""Pad slices to a multiple of the nets' pooling factor and crop them back (every baseline)."""
 
 from __future__ import annotations
 

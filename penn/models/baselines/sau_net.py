@@ -1,6 +1,6 @@
 """SAU-Net (Zhang et al., MIDL 2020): Dense U-Net features plus inter-slice attention (ISA).
 
-Only the abstract is retrievable; the layout is penn's spec (BASELINES.md §4.4). One Dense U-Net
+Only the abstract is retrievable; the layout is penn's spec. One Dense U-Net
 with shared weights maps each of slices i-k, i, i+k to features F (32 channels, full size); ISA
 refines the centre slice: F'_i = F_i + A- * F_i + A+ * F_i with A+- = sigmoid(conv1x1(F_{i+-k})).
 

@@ -1,7 +1,7 @@
-"""UNet (Ronneberger et al. 2015) with padded convolutions, as BASELINES.md §4.1's penn spec.
+"""UNet (Ronneberger et al. 2015) with padded convolutions, as penn's spec of it.
 
 "Same" 3x3 conv-BN-ReLU pairs (the milesial/Pytorch-UNet port), 2x2 max-pool down, 2x2
-transposed-conv up, so the output has the input's size after the pad/crop of §3.
+transposed-conv up, so the output has the input's size after the pad and crop every baseline gets.
 
 Examples::
 
