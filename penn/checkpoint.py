@@ -24,7 +24,8 @@ __all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "check_meta"
 
 log = logging.getLogger(__name__)
 
-FORMAT = "penn-model/1"
+# the model-file format; files of another version are refused (retrain them with this one)
+FORMAT = "penn-model/2"
 
 
 class CheckpointError(ValueError):
@@ -65,7 +66,13 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
         raise CheckpointError(
             f"{path}: cannot read model file (truncated or corrupt?): {err}"
         ) from err
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    found = blob.get("format") if isinstance(blob, dict) else None
+    if isinstance(found, str) and found.startswith("penn-model/") and found != FORMAT:
+        raise CheckpointError(
+            f"{path}: model file format {found!r} is not this penn's {FORMAT!r}: "
+            "retrain the model with this version"
+        )
+    if found != FORMAT:
         raise CheckpointError(
             f"{path}: not a penn model file (expected format {FORMAT!r}; "
             "Lightning .ckpt files are for resuming, use the run's model.pt)"

@@ -440,10 +440,7 @@ class BalancedSampler(Sampler[int]):
     Hard-negative mining (:class:`penn.mining.HardNegativeMining`) may hand over background
     patches the network gets wrong (:meth:`set_hard`); they then take the place of as many
     random background patches in the following epochs, so the class ratio and the epoch length
-    stay the same. Hard-positive mining (:class:`penn.mining.HardPositiveMining`) hands over
-    target patches the network scores lowest (:meth:`set_hard_positives`); the epoch's target
-    slots then hold those, plus a random draw of all target patches for the rest, so a hard
-    target patch may come twice and an easy one not at all (the counts stay the same).
+    stay the same.
 
     Args:
         targets: (N,) patch classes of the dataset.
@@ -456,7 +453,6 @@ class BalancedSampler(Sampler[int]):
         self.targets, self.majority_fraction = targets, majority_fraction
         self.seed, self.resample, self.epoch = int(seed), resample, 0
         self.hard = np.zeros(0, np.int64)
-        self.hard_positives = np.zeros(0, np.int64)
         self._length = len(self._draw(0))
 
     @property
@@ -473,19 +469,6 @@ class BalancedSampler(Sampler[int]):
             raise ValueError(f"{len(indices)} hard negatives exceed the epoch's {self.n_majority}")
         self.hard = indices
 
-    @property
-    def n_minority(self) -> int:
-        """Target (non-zero class) patches in each epoch."""
-        return int(np.count_nonzero(self.targets))
-
-    def set_hard_positives(self, indices: np.ndarray) -> None:
-        """Target patches to include in every following epoch (each epoch holds every target
-        patch's slot, so any set of distinct target patches fits)."""
-        indices = np.unique(np.asarray(indices, dtype=np.int64))
-        if len(indices) and (self.targets[indices] == 0).any():
-            raise ValueError("hard positives must be target (non-zero class) patches")
-        self.hard_positives = indices
-
     def _draw(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch if self.resample else 0])
         keep = undersample(self.targets, self.majority_fraction, rng)
@@ -494,12 +477,6 @@ class BalancedSampler(Sampler[int]):
             random_part = background[~np.isin(background, self.hard)]
             random_part = rng.choice(random_part, len(background) - len(self.hard), replace=False)
             keep = np.concatenate([keep[self.targets[keep] != 0], self.hard, random_part])
-        if len(self.hard_positives):  # drawn last: without them the draws above are unchanged
-            positives = keep[self.targets[keep] != 0]
-            random_part = rng.choice(positives, len(positives) - len(self.hard_positives),
-                                     replace=False)  # fmt: skip
-            keep = np.concatenate([keep[self.targets[keep] == 0], self.hard_positives,
-                                   random_part])  # fmt: skip
         return rng.permutation(keep)
 
     def set_epoch(self, epoch: int) -> None:

@@ -10,11 +10,6 @@ the highest-scoring ones to the :class:`~penn.datamodule.BalancedSampler`, which
 place of as many random background patches in the next epoch: the class ratio and the epoch
 length stay as configured ("bootstrapping", Sung and Poggio 1998).
 
-The same callback has a target-side counterpart, :class:`HardPositiveMining` (not in the paper):
-after each epoch it scores the training target patches and hands the lowest-scoring ones (a dim
-part of a lesion, say, that looks like marrow) to the sampler, which puts them in as many of the
-next epoch's target slots; the rest of those slots are a random draw of all target patches.
-
 Choices use the training split only. ``fraction: 0`` is the paper's plain random undersampling.
 """
 
@@ -28,7 +23,7 @@ import torch
 
 from penn.lit.finetune import class_probabilities
 
-__all__ = ["HardNegativeMining", "HardPositiveMining", "background_scores"]
+__all__ = ["HardNegativeMining", "background_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -156,30 +151,3 @@ class HardNegativeMining(_HardExampleMining):
 
     def _hand_over(self, sampler, indices: np.ndarray) -> None:
         sampler.set_hard(indices)
-
-
-class HardPositiveMining(_HardExampleMining):
-    """After every fine-tuning epoch, fill part of the target slots with the hardest targets.
-
-    Args:
-        fraction: share of each epoch's target patches taken from the lowest-scoring ones found
-            (0 disables it: every target patch once per epoch, as in the paper).
-        pool: random training target patches scored after each epoch to find them (all of them
-            when there are fewer); the hardest ``fraction`` x (targets per epoch) are kept.
-        batch_size: patches per forward pass while scoring.
-        seed: seeds the pool drawn after each epoch (with the epoch number).
-    """
-
-    side = "positives"
-
-    def _candidates(self, targets: np.ndarray) -> np.ndarray:
-        return np.flatnonzero(targets != 0)
-
-    def _per_epoch(self, sampler) -> int:
-        return sampler.n_minority
-
-    def _hardness(self, scores: np.ndarray) -> np.ndarray:
-        return -scores  # a target patch scored as background
-
-    def _hand_over(self, sampler, indices: np.ndarray) -> None:
-        sampler.set_hard_positives(indices)

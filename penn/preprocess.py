@@ -58,8 +58,7 @@ def smooth(image: np.ndarray, sigma: float, plane_axis: int) -> np.ndarray:
     return gaussian(image, sigma=sigmas, preserve_range=True, mode="reflect").astype(np.float32)
 
 
-def normalize(image: np.ndarray, percentiles: tuple[float, float],
-              median_to: float | None = None) -> np.ndarray:  # fmt: skip
+def normalize(image: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
     """Per-volume robust scaling to [0, 1]: clip at two percentiles of the non-zero voxels.
 
     Percentiles rather than min/max keep single hot voxels and different scanners' scales from
@@ -67,19 +66,12 @@ def normalize(image: np.ndarray, percentiles: tuple[float, float],
 
     Args:
         image: (X, Y, Z) float32.
-        percentiles: (low, high) in percent, e.g. (0.5, 99.5).
-        median_to: None: the low percentile maps to 0 and the high one to 1. A value in (0, 1):
-            the low percentile maps to 0 and the median of the non-zero voxels to this value,
-            and what lies above 1 is clipped. The median hardly moves with a lesion, where the
-            high percentile of a scan with a large bright lesion lies in the lesion itself.
+        percentiles: (low, high) in percent, e.g. (0.5, 99.5): the low one maps to 0, the
+            high one to 1.
     """
     foreground = image[image > 0]
     values = foreground if foreground.size > 0.01 * image.size else image.ravel()
     low, high = np.percentile(values, percentiles)
-    if median_to is not None:
-        if not 0.0 < median_to < 1.0:
-            raise ValueError(f"preprocess.median_to={median_to}: use a value in (0, 1) or null")
-        high = low + (np.median(values) - low) / median_to
     if high <= low:
         return np.zeros_like(image, dtype=np.float32)
     return np.clip((image - low) / (high - low), 0.0, 1.0).astype(np.float32)
@@ -158,14 +150,13 @@ def preprocess_volume(
     clip_percentiles: tuple[float, float],
     spacing: float | None = None,
     voxel_spacing: tuple[float, float, float] | None = None,
-    median_to: float | None = None,
 ) -> np.ndarray:
     """Slicing, resampling to ``spacing``, noise removal, in-plane smoothing and normalisation.
 
     Args:
         image: (X, Y, Z) canonical volume.
         plane: the slicing plane.
-        noise_threshold, smooth_sigma, clip_percentiles, median_to: see :func:`remove_noise`,
+        noise_threshold, smooth_sigma, clip_percentiles: see :func:`remove_noise`,
             :func:`smooth` (pixels of the working grid) and :func:`normalize`.
         spacing: in-plane pixel size (mm) to resample every slice to (bilinear, low-pass
             filtered when shrinking), so that a patch covers the same anatomy whatever the
@@ -180,7 +171,7 @@ def preprocess_volume(
         image = from_slices(grid.to_working(to_slices(image, plane), order=1), plane)
     image = remove_noise(image, noise_threshold)
     image = smooth(image, smooth_sigma, PLANE_AXIS[plane])
-    image = normalize(image, tuple(clip_percentiles), median_to)
+    image = normalize(image, tuple(clip_percentiles))
     return to_slices(image, plane)
 
 

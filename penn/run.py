@@ -34,7 +34,7 @@ from penn.io import write_atomic_bytes, write_json
 from penn.lit.baseline import SegmentationModule
 from penn.lit.finetune import FinetuneModule
 from penn.lit.pretrain import PretrainModule
-from penn.mining import HardNegativeMining, HardPositiveMining
+from penn.mining import HardNegativeMining
 from penn.models.ensemble import Ensemble
 from penn.preprocess import resize_in_plane
 from penn.reports import metrics_table, write_csv, write_metrics, write_overlays
@@ -232,11 +232,9 @@ def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None
     (with ``model.finetune.weight_average``, the averaged weights of the best epoch)."""
     module = supervised_module(cfg, net, dm.n_classes, member)
     callbacks = []
-    for key, miner in (("hard_negatives", HardNegativeMining),
-                       ("hard_positives", HardPositiveMining)):  # fmt: skip
-        mining = cfg.model.finetune.get(key)
-        if model_info(cfg)["level"] == "patch" and mining and mining.fraction > 0:
-            callbacks.append(miner(mining.fraction, mining.pool, seed=cfg.seed + member))
+    mining = cfg.model.finetune.get("hard_negatives")
+    if model_info(cfg)["level"] == "patch" and mining and mining.fraction > 0:
+        callbacks.append(HardNegativeMining(mining.fraction, mining.pool, seed=cfg.seed + member))
     average = cfg.model.finetune.get("weight_average")
     if average:  # a fresh callback per member: it counts the steps of its own fit
         callbacks.append(instantiate(average))

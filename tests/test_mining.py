@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from penn.datamodule import BalancedSampler
 from penn.lit.finetune import FinetuneModule
-from penn.mining import HardNegativeMining, HardPositiveMining, background_scores
+from penn.mining import HardNegativeMining, background_scores
 from penn.run import make_datamodule
 
 
@@ -87,48 +87,3 @@ def test_callback_hands_the_highest_scoring_background_to_the_sampler(cfg_tiny) 
         background_scores(net, dataset, pool, 64, torch.device("cpu")), probs, atol=1e-6
     )
     assert probs[np.isin(pool, hard)].min() >= probs[~np.isin(pool, hard)].max()
-
-
-def test_sampler_fills_target_slots_with_hard_positives_at_the_same_counts() -> None:
-    targets = np.r_[np.zeros(900, np.uint8), np.ones(100, np.uint8)]
-    sampler = BalancedSampler(targets, 0.6, seed=3, resample=True)
-    plain = np.array(list(sampler))
-    background_plain = np.sort(plain[targets[plain] == 0])
-    hard = np.arange(900, 940)  # 40 of the 100 target patches
-    sampler.set_hard_positives(hard)
-    sampler.set_epoch(0)
-    mixed = np.array(list(sampler))
-    assert len(mixed) == len(plain) == 250
-    assert np.bincount(targets[mixed]).tolist() == [150, 100]
-    # the background draw is the one without hard positives, every background patch once
-    np.testing.assert_array_equal(np.sort(mixed[targets[mixed] == 0]), background_plain)
-    counts = np.bincount(mixed[targets[mixed] == 1], minlength=1000)[900:]
-    # each hard positive once as hard plus once more if the random 60 of 100 drew it; the
-    # other 60 targets at most once
-    assert (counts[:40] >= 1).all() and counts[:40].max() <= 2 and counts[40:].max() <= 1
-    twice = int((counts[:40] == 2).sum())
-    assert counts.sum() == 100 and twice > 0 and (counts[40:] == 0).sum() == twice
-    with pytest.raises(ValueError, match="target"):
-        sampler.set_hard_positives([5])
-    sampler.set_hard_positives(np.arange(900, 1000))  # all of them: each target patch once
-    every = np.array(list(sampler))
-    np.testing.assert_array_equal(np.sort(every[targets[every] == 1]), np.arange(900, 1000))
-
-
-def test_positive_miner_hands_the_lowest_scoring_targets_to_the_sampler(cfg_tiny) -> None:
-    dm = _tiny_datamodule(cfg_tiny)
-    n_targets = int(np.count_nonzero(dm._index(dm.splits["train"])[1]))
-    mining = HardPositiveMining(fraction=0.25, pool=n_targets // 2, seed=1)
-    first_net = _fit_two_epochs(cfg_tiny, dm, mining)
-    sampler, dataset = dm.train_sampler, dm.train_dataset
-    hard = mining._hard
-    positives = np.flatnonzero(dataset.targets != 0)
-    assert len(positives) == n_targets
-    assert len(hard) == round(0.25 * n_targets) > 0
-    np.testing.assert_array_equal(np.sort(sampler.hard_positives), np.sort(hard))
-    assert (dataset.targets[hard] != 0).all()
-    pool = np.sort(np.random.default_rng([1, 0, 17]).choice(positives, n_targets // 2, False))
-    assert set(hard) <= set(pool)
-    with torch.no_grad():
-        probs = torch.sigmoid(first_net.eval()(dataset.patches(pool))[:, 0]).numpy()
-    assert probs[np.isin(pool, hard)].max() <= probs[~np.isin(pool, hard)].min()

@@ -225,3 +225,13 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
     assert (last["epoch"], last["global_step"]) == (2, 3 * 5)
     assert best["epoch"] == 0
     assert sorted(p.name for p in folder.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def test_a_model_file_of_another_format_version_is_refused_in_one_line(tmp_path):
+    import torch
+
+    path = tmp_path / "old.pt"
+    torch.save({"format": "penn-model/1", "meta": {}, "state_dict": {}}, path)
+    message = r"old\.pt: model file format 'penn-model/1' .*retrain"
+    with pytest.raises(CheckpointError, match=message):
+        load_model(path)
