@@ -131,9 +131,9 @@ def evaluate_external(
         )
         mask = from_slices(decided, meta["data"]["plane"])
         truth = class_map(volume.labels, classes)
-        for scope, (counts, surface) in score_volume(
-            mask, truth, n_classes, volume.spacing
-        ).items():
+        labelled = volume.labels > 0  # every label, scored or not, bounds the extent
+        scores = score_volume(mask, truth, n_classes, volume.spacing, labelled)
+        for scope, (counts, surface) in scores.items():
             per_scope[scope][0].append(counts)
             per_scope[scope][1].append(surface)
             rows.append(_row(volume.name, scope, counts, surface))

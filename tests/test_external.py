@@ -96,15 +96,19 @@ def test_external_scores_equal_counts_of_the_mask_penn_predicts(tmp_path):
     image, labels = spine_volume(shape=(10, 40, 96))  # bodies in planes 6-67
     spot = image.copy()
     spot[3:7, 12:28, 76:92] = 1000.0  # as bright as the tumour, above the highest body
-    _raw_dataset(tmp_path / "ext", {"clean": (image, labels), "spot": (spot, labels)})
+    between = image.copy()
+    between[3:7, 14:28, 44:54] = 1000.0  # between two bodies: inside the labelled extent
+    cases = {"clean": (image, labels), "spot": (spot, labels), "between": (between, labels)}
+    _raw_dataset(tmp_path / "ext", cases)
     model = write_model(tmp_path / "binary.pt", 1)
     metrics, rows = evaluate_external(model, tmp_path / "ext", progress=False)
 
     by_case = {(r["case"], r["scope"]): r for r in rows}
-    assert set(by_case) == {(c, s) for c in ("clean", "spot") for s in ("whole", "extent")}
+    names = ("clean", "spot", "between")
+    assert set(by_case) == {(c, s) for c in names for s in ("whole", "extent")}
     truth = labels == 2
     z = np.flatnonzero((labels > 0).any(axis=(0, 1)))
-    for case in ("clean", "spot"):
+    for case in names:
         # the same model, by the prediction path: its decided mask, scored here with numpy
         out = tmp_path / f"pred_{case}"
         run_predict(model, tmp_path / "ext" / "imagesTr" / f"{case}_0000.nii.gz", out)
@@ -119,7 +123,11 @@ def test_external_scores_equal_counts_of_the_mask_penn_predicts(tmp_path):
     assert by_case[("spot", "extent")]["dice"] == pytest.approx(
         by_case[("clean", "extent")]["dice"]
     )
-    mean_whole = np.mean([by_case[(c, "whole")]["dice"] for c in ("clean", "spot")])
+    # the extent spans every labelled voxel (the bodies), not only the scored tumour class
+    between_extent = by_case[("between", "extent")]["precision"]
+    assert between_extent == pytest.approx(by_case[("between", "whole")]["precision"])
+    assert between_extent < by_case[("clean", "extent")]["precision"]
+    mean_whole = np.mean([by_case[(c, "whole")]["dice"] for c in names])
     assert metrics["external/whole/pixel/dice"] == pytest.approx(mean_whole)
     for key in ("pixel_pooled/dice", "pixel/iou", "pixel/recall", "pixel/hd95_mm", "pixel/asd_mm"):
         assert f"external/extent/{key}" in metrics and f"external/whole/{key}" in metrics
