@@ -202,6 +202,7 @@ def surface_distances(
         raise ValueError(f"pred {pred.shape} and truth {truth.shape} differ in shape")
     if not pred.any() or not truth.any():
         return math.nan, math.nan
+    # imported here: monai.metrics takes seconds to import, and every entry point imports this
     from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
 
     y_pred = torch.as_tensor(np.asarray(pred, dtype=bool))[None, None]

@@ -15,27 +15,16 @@ from .conftest import CONF, TINY_DATA
 ROOT = CONF.parent
 
 
+def pip(*args: str) -> None:
+    """``pip *args`` quietly, without dependencies (the test environment has them)."""
+    command = [sys.executable, "-m", "pip", *args, "-q", "--no-deps"]
+    subprocess.run(command, check=True, capture_output=True, text=True, timeout=300)
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(out),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    pip("wheel", "--no-build-isolation", "-w", str(out), str(ROOT))
     return next(out.glob("penn-*.whl"))
 
 
@@ -50,23 +39,7 @@ def test_the_wheel_holds_every_config_file(wheel):
 
 def test_an_installed_wheel_trains_from_an_empty_folder(wheel, tmp_path):
     site = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--target",
-            str(site),
-            str(wheel),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    pip("install", "--target", str(site), str(wheel))
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site), "WANDB_MODE": "offline"}

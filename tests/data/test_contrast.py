@@ -132,6 +132,7 @@ def test_spatially_varying_transforms_keep_the_tissue_boundary_in_place():
     )
     for _ in range(10):
         out = augment(image)[0]
+        assert (out - image[0]).abs().mean() > 0.005  # the grey values did change
         recovered = out > 0.45
         agreement = (recovered == label).float().mean()
         assert agreement > 0.97
