@@ -96,8 +96,11 @@ def machine() -> dict:
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]  # fmt: skip
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
         model = names[0] if names else model
     gpu = torch.cuda.is_available()
     return {
@@ -116,8 +119,7 @@ def machine() -> dict:
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     """A Markdown table of ``rows`` with (key, header, format) columns."""
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |",
-             "|" + "---|" * len(columns)]  # fmt: skip
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = []
         for key, _, fmt in columns:
@@ -177,14 +179,24 @@ def bench_slices(cfg: DictConfig, device: torch.device, rate: float) -> list[dic
             row.update(gpu_throughput(net, cfg, device, stride))
         rows.append(row)
         engines_ms = {e: round(v, 1) for e, v in row["engines_ms"].items()}
-        log.info("stride %d: %.1f ms (efficiency %.2f against the rate just before), engines %s",
-                 stride, row["ms"], row["efficiency_adjacent"], engines_ms)  # fmt: skip
-    best = max([rate, matmul_rate(cfg.matmul.size, cfg.matmul.repeats, device)]
-               + [row["rate_gflops"] * 1e9 for row in rows])  # fmt: skip
+        log.info(
+            "stride %d: %.1f ms (efficiency %.2f against the rate just before), engines %s",
+            stride,
+            row["ms"],
+            row["efficiency_adjacent"],
+            engines_ms,
+        )
+    best = max(
+        [rate, matmul_rate(cfg.matmul.size, cfg.matmul.repeats, device)]
+        + [row["rate_gflops"] * 1e9 for row in rows]
+    )
     for row in rows:
         flops, seconds = row["gflop"] * 1e9, row["ms"] / 1e3
-        row.update(best_rate_gflops=best / 1e9, floor_ms=1e3 * flops / best,
-                   efficiency=flops / best / seconds)  # fmt: skip
+        row.update(
+            best_rate_gflops=best / 1e9,
+            floor_ms=1e3 * flops / best,
+            efficiency=flops / best / seconds,
+        )
     return rows
 
 
@@ -203,10 +215,13 @@ def gpu_throughput(net, cfg: DictConfig, device: torch.device, stride: int) -> d
     images = rng.random((max(s.gpu_batch, s.gpu_stack), *s.shape), dtype=np.float32)
     out = {"gpu_batch": s.gpu_batch, "gpu_stack": s.gpu_stack}
     # named by what they do, whatever segment_slices' defaults: unpinned, then pinned batches
-    runs = [("fp32", None, False, s.gpu_batch), ("bf16", torch.bfloat16, False, s.gpu_batch),
-            ("bf16_pinned", torch.bfloat16, True, s.gpu_batch),  # page-locked copy of each batch
-            ("fp32_stack", None, True, s.gpu_stack),
-            ("bf16_stack", torch.bfloat16, True, s.gpu_stack)]  # fmt: skip
+    runs = [
+        ("fp32", None, False, s.gpu_batch),
+        ("bf16", torch.bfloat16, False, s.gpu_batch),
+        ("bf16_pinned", torch.bfloat16, True, s.gpu_batch),  # page-locked copy of each batch
+        ("fp32_stack", None, True, s.gpu_stack),
+        ("bf16_stack", torch.bfloat16, True, s.gpu_stack),
+    ]
     for name, dtype, pinned, count in runs:
         stack = name.endswith("_stack")
         seconds = best_time(
@@ -224,10 +239,17 @@ def gpu_throughput(net, cfg: DictConfig, device: torch.device, stride: int) -> d
             device,
         )
         out[f"gpu_{name}_slices_s"] = count / seconds
-    log.info("stride %d on the GPU: %.0f slices/s float32, %.0f bfloat16 (batches of %d); "
-             "stacks of %d: %.0f float32, %.0f bfloat16", stride, out["gpu_fp32_slices_s"],
-             out["gpu_bf16_slices_s"], s.gpu_batch, s.gpu_stack, out["gpu_fp32_stack_slices_s"],
-             out["gpu_bf16_stack_slices_s"])  # fmt: skip
+    log.info(
+        "stride %d on the GPU: %.0f slices/s float32, %.0f bfloat16 (batches of %d); "
+        "stacks of %d: %.0f float32, %.0f bfloat16",
+        stride,
+        out["gpu_fp32_slices_s"],
+        out["gpu_bf16_slices_s"],
+        s.gpu_batch,
+        s.gpu_stack,
+        out["gpu_fp32_stack_slices_s"],
+        out["gpu_bf16_stack_slices_s"],
+    )
     return out
 
 
@@ -275,8 +297,13 @@ def bench_volume(cfg: DictConfig, shape: list[int]) -> dict:
         "seed": cfg.seed,
         "threads": cfg.threads,
     }
-    done = subprocess.run([sys.executable, "-c", VOLUME_CHILD, json.dumps(args)], cwd=ROOT,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", VOLUME_CHILD, json.dumps(args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"volume benchmark {shape} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -284,8 +311,9 @@ def bench_volume(cfg: DictConfig, shape: list[int]) -> dict:
     row = {"shape": "x".join(map(str, shape)), "stride": cfg.volume.stride, **result}
     row["s_per_slice"] = result["seconds"] / slices
     row["input_mb"] = np.prod(shape) * 4 / 2**20
-    log.info("volume %s: %.1f s, peak RSS %.0f MB", row["shape"], row["seconds"],
-             row["peak_rss_mb"])  # fmt: skip
+    log.info(
+        "volume %s: %.1f s, peak RSS %.0f MB", row["shape"], row["seconds"], row["peak_rss_mb"]
+    )
     return row
 
 
@@ -330,8 +358,9 @@ def bench_stream(cfg: DictConfig, dm) -> dict:
         "patches_per_epoch": len(loader.sampler),
         "batches": wanted,
     }
-    log.info("patch stream: %.0f patches/s on %d workers", result["patches_s"],
-             result["num_workers"])  # fmt: skip
+    log.info(
+        "patch stream: %.0f patches/s on %d workers", result["patches_s"], result["num_workers"]
+    )
     return result
 
 
@@ -473,8 +502,14 @@ def bench_protocol(cfg: DictConfig) -> dict:
         command = [sys.executable, "-m", "penn.run", *overrides]
         start = time.perf_counter()
         try:
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                                  check=False, timeout=cfg.protocol.timeout_s)  # fmt: skip
+            done = subprocess.run(
+                command,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=cfg.protocol.timeout_s,
+            )
         except subprocess.TimeoutExpired:
             log.warning("default protocol stopped after %s s", cfg.protocol.timeout_s)
             return result
@@ -488,8 +523,9 @@ def bench_protocol(cfg: DictConfig) -> dict:
 # ---------------------------------------------------------------- report
 
 
-GPU_SLICE_RUNS = tuple(f"gpu_{name}_slices_s" for name in
-                       ("fp32", "bf16", "bf16_pinned", "fp32_stack", "bf16_stack"))  # fmt: skip
+GPU_SLICE_RUNS = tuple(
+    f"gpu_{name}_slices_s" for name in ("fp32", "bf16", "bf16_pinned", "fp32_stack", "bf16_stack")
+)
 
 
 def headline(results: dict, cfg: DictConfig) -> dict:
@@ -530,8 +566,9 @@ def headline(results: dict, cfg: DictConfig) -> dict:
 def check_targets(head: dict, cfg: DictConfig) -> dict:
     """Met (True), missed (False) or not measured (None) per target, with the measured value."""
     t = cfg.targets
-    big = next((k for k in head if k.startswith("volume_200x512x512") and k.endswith("rss_gb")),
-               None)  # fmt: skip
+    big = next(
+        (k for k in head if k.startswith("volume_200x512x512") and k.endswith("rss_gb")), None
+    )
     checks = {
         "slice_stride4_s": (head.get("slice_stride4_s"), t.slice_stride4_s, "<="),
         "slice_stride1_s": (head.get("slice_stride1_s"), t.slice_stride1_s, "<="),
@@ -563,62 +600,90 @@ TRAINING_LABELS = {
 
 def print_tables(results: dict, cfg: DictConfig) -> None:
     m = results["machine"]
-    print(f"\nmachine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} "
-          f"({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}; "
-          f"matrix-product rate (best in the run) {results['matmul_gflops']:.0f} GFLOP/s; "
-          f"load average before/after {results['load_before_after']}")  # fmt: skip
+    print(
+        f"\nmachine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}; "
+        f"matrix-product rate (best in the run) {results['matmul_gflops']:.0f} GFLOP/s; "
+        f"load average before/after {results['load_before_after']}"
+    )
     if "slice" in results:
-        rows = [dict(r, **{f"e_{k}": v for k, v in r["engines_ms"].items()})
-                for r in results["slice"]]  # fmt: skip
+        rows = [
+            dict(r, **{f"e_{k}": v for k, v in r["engines_ms"].items()}) for r in results["slice"]
+        ]
         h, w = cfg.slice.shape
         print(
             f"\na. one {h} x {w} slice, network {cfg.network.patch_size}^2-"
             f"{cfg.network.n_layers}x{cfg.network.n_nodes} (paper: about {cfg.paper.slice_s} s)"
         )
-        columns = [("stride", "stride", "d"), ("gflop", "GFLOP", ".2f"), ("ms", "ms", ".1f"),
-                   ("floor_ms", "floor ms (FLOP / rate)", ".1f"),
-                   ("efficiency", "efficiency", ".2f"),
-                   ("efficiency_adjacent", "eff. (adjacent rate)", ".2f"),
-                   ("baseline_ms", "patch-by-patch ms", ".0f"),
-                   ("speedup_vs_baseline", "speed-up", ".1f")]  # fmt: skip
+        columns = [
+            ("stride", "stride", "d"),
+            ("gflop", "GFLOP", ".2f"),
+            ("ms", "ms", ".1f"),
+            ("floor_ms", "floor ms (FLOP / rate)", ".1f"),
+            ("efficiency", "efficiency", ".2f"),
+            ("efficiency_adjacent", "eff. (adjacent rate)", ".2f"),
+            ("baseline_ms", "patch-by-patch ms", ".0f"),
+            ("speedup_vs_baseline", "speed-up", ".1f"),
+        ]
         if "gpu_fp32_slices_s" in rows[0]:
             batch = rows[0]["gpu_batch"]
-            columns += [("gpu_fp32_slices_s", f"GPU slices/s fp32 (x{batch})", ".0f"),
-                        ("gpu_bf16_slices_s", "GPU slices/s bf16", ".0f"),
-                        ("gpu_bf16_pinned_slices_s", "bf16, pinned per batch", ".0f"),
-                        ("gpu_fp32_stack_slices_s", f"fp32, stack of {rows[0]['gpu_stack']}",
-                         ".0f"),
-                        ("gpu_bf16_stack_slices_s", "bf16, stack", ".0f")]  # fmt: skip
+            columns += [
+                ("gpu_fp32_slices_s", f"GPU slices/s fp32 (x{batch})", ".0f"),
+                ("gpu_bf16_slices_s", "GPU slices/s bf16", ".0f"),
+                ("gpu_bf16_pinned_slices_s", "bf16, pinned per batch", ".0f"),
+                ("gpu_fp32_stack_slices_s", f"fp32, stack of {rows[0]['gpu_stack']}", ".0f"),
+                ("gpu_bf16_stack_slices_s", "bf16, stack", ".0f"),
+            ]
         labels = {"rows": "im2col + GEMM ms", "fcn": "conv twin ms"}
         columns += [(f"e_{e}", labels[e], ".1f") for e in rows[0]["engines_ms"] if e in labels]
         print(markdown(rows, columns))
     if "volume" in results:
         print(f"\nb. whole volumes at stride {cfg.volume.stride} (fresh process each)")
-        print(markdown(results["volume"], [
-            ("shape", "slices x H x W", "s"), ("seconds", "s", ".1f"),
-            ("s_per_slice", "s / slice", ".3f"), ("peak_rss_mb", "peak RSS MB", ".0f"),
-            ("rss_before_mb", "RSS before MB", ".0f"), ("input_mb", "input MB", ".0f"),
-            ("output_mb", "output MB", ".0f")]))  # fmt: skip
+        print(
+            markdown(
+                results["volume"],
+                [
+                    ("shape", "slices x H x W", "s"),
+                    ("seconds", "s", ".1f"),
+                    ("s_per_slice", "s / slice", ".3f"),
+                    ("peak_rss_mb", "peak RSS MB", ".0f"),
+                    ("rss_before_mb", "RSS before MB", ".0f"),
+                    ("input_mb", "input MB", ".0f"),
+                    ("output_mb", "output MB", ".0f"),
+                ],
+            )
+        )
     if "stream" in results:
         st = results["stream"]
-        print(f"\nc. patch stream: {st['patches_s']:.0f} balanced patches/s from the DataModule on "
-              f"{st['num_workers']} workers (batches of {st['batch_size']})")  # fmt: skip
+        print(
+            f"\nc. patch stream: {st['patches_s']:.0f} balanced patches/s from the DataModule on "
+            f"{st['num_workers']} workers (batches of {st['batch_size']})"
+        )
     runs = results.get("training", {}).get("runs", [])
     if runs:
         print("\nd. training throughput, patches/s, per torch thread setting")
         rows = []
         for key in (k for k in runs[0] if k.endswith("_patches_s")):
-            rows.append({"what": TRAINING_LABELS.get(key, key),
-                         **{f"t{i}": run[key] for i, run in enumerate(runs)}})  # fmt: skip
+            rows.append(
+                {
+                    "what": TRAINING_LABELS.get(key, key),
+                    **{f"t{i}": run[key] for i, run in enumerate(runs)},
+                }
+            )
         columns = [("what", "what", "s")]
         columns += [(f"t{i}", f"{run['threads']} threads", ".0f") for i, run in enumerate(runs)]
         print(markdown(rows, columns))
     if "protocol" in results:
         p = results["protocol"]
-        took = (f"{p['seconds'] / 60:.1f} min" if p["seconds"]
-                else f"not finished within {p['timeout_s']} s")  # fmt: skip
-        print(f"\ndefault protocol `{p['command']}`: {took} "
-              f"(paper: {cfg.paper.training_h} h of training)")  # fmt: skip
+        took = (
+            f"{p['seconds'] / 60:.1f} min"
+            if p["seconds"]
+            else f"not finished within {p['timeout_s']} s"
+        )
+        print(
+            f"\ndefault protocol `{p['command']}`: {took} "
+            f"(paper: {cfg.paper.training_h} h of training)"
+        )
     print("\ntargets:")
     for name, check in results["targets"].items():
         value = check["value"]
@@ -667,8 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     results["bench_seconds"] = time.perf_counter() - started
     results["load_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     results["peak_rss_mb_bench_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    results["command"] = shlex.join(["python", "experiments/bench.py",
-                                     *(sys.argv[1:] if argv is None else argv)])  # fmt: skip
+    results["command"] = shlex.join(
+        ["python", "experiments/bench.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     head = headline(results, cfg)
     results["targets"] = check_targets(head, cfg)
     results["headline"] = head

@@ -41,16 +41,26 @@ def main() -> int:
         extra = _pad_amount(512, 32, stride)  # as segment_slices pads (mean read-out)
         x = F.pad(torch.from_numpy(image)[:, None], (0, extra, 0, extra), mode="reflect")
         with torch.inference_mode():
-            whole = 1e3 * best_time(lambda s=stride: segment_slices(net, image, s, 1, cpu),
-                                    args.repeats, cpu)  # fmt: skip
+            whole = 1e3 * best_time(
+                lambda s=stride: segment_slices(net, image, s, 1, cpu), args.repeats, cpu
+            )
             network = 1e3 * best_time(lambda e=engine, xs=x: e(xs), args.repeats, cpu)
         rate = matmul_rate(4096, 3, cpu)  # as conf/bench.yaml's matmul, best of 3
         flops = grid_size(512, 32, stride) ** 2 * patch_flops(32, 3, 200, 1)
         floor = 1e3 * flops / rate
-        print(json.dumps({"stride": stride, "whole_ms": round(whole, 1),
-                          "engine_ms": round(network, 1), "rate_gflops": round(rate / 1e9),
-                          "floor_ms": round(floor, 1), "efficiency_whole": round(floor / whole, 2),
-                          "efficiency_engine": round(floor / network, 2)}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "stride": stride,
+                    "whole_ms": round(whole, 1),
+                    "engine_ms": round(network, 1),
+                    "rate_gflops": round(rate / 1e9),
+                    "floor_ms": round(floor, 1),
+                    "efficiency_whole": round(floor / whole, 2),
+                    "efficiency_engine": round(floor / network, 2),
+                }
+            )
+        )
     return 0
 
 

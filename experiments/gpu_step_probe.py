@@ -59,7 +59,9 @@ def main() -> int:
     out = {"gpu": torch.cuda.get_device_name(0), "batch": args.batch}
     out["host_batch_patches_s"] = rate(
         lambda: step(host_x.to(device, non_blocking=True), host_y.to(device, non_blocking=True)),
-        args.steps, args.batch)  # fmt: skip
+        args.steps,
+        args.batch,
+    )
     out["device_batch_patches_s"] = rate(step, args.steps, args.batch)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())

@@ -43,8 +43,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def lesion_figure(before: np.ndarray, after: np.ndarray, labels: np.ndarray, title: str,
-                  window: tuple[float, float]) -> bytes:  # fmt: skip
+def lesion_figure(
+    before: np.ndarray,
+    after: np.ndarray,
+    labels: np.ndarray,
+    title: str,
+    window: tuple[float, float],
+) -> bytes:
     """PNG bytes of one (H, W) sagittal slice: before, after, after with label contours.
 
     Shown with superior up and anterior to the left, as in penn's other overlays, all three

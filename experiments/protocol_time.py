@@ -71,19 +71,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a penn.run output folder (with run.log)")
     parser.add_argument("--pretrain-epochs", type=int, default=500, help="per stage (paper: 500)")
-    parser.add_argument("--wall-s", type=float,
-                        help="the run's wall time (default: the span of its log)")  # fmt: skip
+    parser.add_argument(
+        "--wall-s", type=float, help="the run's wall time (default: the span of its log)"
+    )
     args = parser.parse_args(argv)
     result = project(args.run, args.pretrain_epochs, args.wall_s)
     print(f"run {args.run}: {result['wall_s']:.0f} s")
     for stage, seconds in result["pretrain_epoch_s"].items():
-        print(f"  {stage}: {seconds:.2f} s per epoch (fit time / "
-              f"{result['pretrain_epochs_run'][stage]} epochs), "
-              f"{result['pretrain_patches_per_epoch'][stage]} patches per epoch")  # fmt: skip
-    print(f"  everything else (data, fine-tuning, validation, test): "
-          f"{result['everything_else_s']:.0f} s")  # fmt: skip
-    print(f"projected with {args.pretrain_epochs} pretraining epochs per stage: "
-          f"{result['projected_min']:.1f} min")  # fmt: skip
+        print(
+            f"  {stage}: {seconds:.2f} s per epoch (fit time / "
+            f"{result['pretrain_epochs_run'][stage]} epochs), "
+            f"{result['pretrain_patches_per_epoch'][stage]} patches per epoch"
+        )
+    print(
+        f"  everything else (data, fine-tuning, validation, test): "
+        f"{result['everything_else_s']:.0f} s"
+    )
+    print(
+        f"projected with {args.pretrain_epochs} pretraining epochs per stage: "
+        f"{result['projected_min']:.1f} min"
+    )
     print(json.dumps(result))
     return 0
 

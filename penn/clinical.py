@@ -31,8 +31,9 @@ def voxel_volume_ml(affine: np.ndarray) -> float:
     return float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3]))) / 1000.0
 
 
-def class_volumes(labels: np.ndarray, class_names: list[str],
-                  affine: np.ndarray) -> dict[str, dict]:  # fmt: skip
+def class_volumes(
+    labels: np.ndarray, class_names: list[str], affine: np.ndarray
+) -> dict[str, dict]:
     """Voxel count and volume of each foreground class.
 
     Args:
@@ -57,8 +58,9 @@ def _world(affine: np.ndarray, index: np.ndarray) -> np.ndarray:
     return affine[:3, :3] @ np.asarray(index, float) + affine[:3, 3]
 
 
-def vertebral_bodies(mask: np.ndarray, affine: np.ndarray, connectivity: int,
-                     min_voxels: int) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+def vertebral_bodies(
+    mask: np.ndarray, affine: np.ndarray, connectivity: int, min_voxels: int
+) -> tuple[np.ndarray, list[str]]:
     """Numbers the vertebral bodies of a mask from inferior to superior.
 
     Bodies are the 3D connected components of the mask with at least ``min_voxels`` voxels
@@ -88,8 +90,9 @@ def vertebral_bodies(mask: np.ndarray, affine: np.ndarray, connectivity: int,
     return lookup[components], [f"VB{i}" for i in range(1, len(ordered) + 1)]
 
 
-def tumor_lesions(mask: np.ndarray, affine: np.ndarray, connectivity: int,
-                  bodies: np.ndarray | None) -> list[dict]:  # fmt: skip
+def tumor_lesions(
+    mask: np.ndarray, affine: np.ndarray, connectivity: int, bodies: np.ndarray | None
+) -> list[dict]:
     """Describes each 3D connected tumour component and the vertebral bodies it touches.
 
     A lesion touches a body when the lesion, grown by one face-connected voxel, overlaps it (so

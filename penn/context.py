@@ -54,8 +54,13 @@ def context_margins(patch_size: int, dilation: int) -> tuple[int, int]:
     return dilation * head, dilation * (patch_size - 1 - head)
 
 
-def context_image(x: torch.Tensor, dilation: int, patch_size: int, first: int = 0,
-                  last: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
+def context_image(
+    x: torch.Tensor,
+    dilation: int,
+    patch_size: int,
+    first: int = 0,
+    last: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """The smoothed, zero-extended slices that context patches are sampled from.
 
     Args:

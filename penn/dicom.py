@@ -58,8 +58,9 @@ def _read_slices(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     return slices
 
 
-def series_affine(orientation: np.ndarray, spacing: tuple[float, float], first: np.ndarray,
-                  step: np.ndarray) -> np.ndarray:  # fmt: skip
+def series_affine(
+    orientation: np.ndarray, spacing: tuple[float, float], first: np.ndarray, step: np.ndarray
+) -> np.ndarray:
     """RAS voxel-to-world affine of arrays indexed ``[column, row, slice]``.
 
     Args:

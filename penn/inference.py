@@ -98,8 +98,9 @@ class FullyConvolutional(nn.Module):
         return self.rest(z)
 
 
-def to_fully_convolutional(net: StackedSparseAutoencoder, stride: int,
-                           stacked_rows: bool = False) -> FullyConvolutional:  # fmt: skip
+def to_fully_convolutional(
+    net: StackedSparseAutoencoder, stride: int, stacked_rows: bool = False
+) -> FullyConvolutional:
     """Rewrites the patch network as convolutions: n x n (stride s), then 1 x 1 layers.
 
     The first encoder's weight (h, n*n) is reshaped to (h, 1, n, n): patches are flattened row by
@@ -161,8 +162,9 @@ def _spread_axis(values: torch.Tensor, dim: int, patch_size: int, stride: int) -
     return table.index_select(dim, hi) - table.index_select(dim, lo)
 
 
-def _spread_mean(patch_values: torch.Tensor, patch_size: int, stride: int, height: int,
-                 width: int) -> torch.Tensor:  # fmt: skip
+def _spread_mean(
+    patch_values: torch.Tensor, patch_size: int, stride: int, height: int, width: int
+) -> torch.Tensor:
     """Mean value of the patches covering each pixel: (B, K, ny, nx) -> (B, K, height, width).
 
     Separable sums from summed-area tables (:func:`_spread_axis`) divided by the number of
@@ -204,9 +206,11 @@ def _thread_pool(threads: int) -> ThreadPoolExecutor:
     pool = _POOL.get(key)
     if pool is None:
         pool = _POOL[key] = ThreadPoolExecutor(
-            threads, thread_name_prefix="penn-dense", initializer=torch.set_num_threads,
+            threads,
+            thread_name_prefix="penn-dense",
+            initializer=torch.set_num_threads,
             initargs=(1,),
-        )  # fmt: skip
+        )
     return pool
 
 
@@ -253,8 +257,14 @@ class _RowsEngine:
     in-place sigmoid, so a band's activations stay in cache.
     """
 
-    def __init__(self, net: StackedSparseAutoencoder, stride: int, chunk_positions: int,
-                 threads: int, first_layer: str):  # fmt: skip
+    def __init__(
+        self,
+        net: StackedSparseAutoencoder,
+        stride: int,
+        chunk_positions: int,
+        threads: int,
+        first_layer: str,
+    ):
         if first_layer not in ("gemm", "conv"):
             raise ValueError(f"first_layer={first_layer!r}: use 'gemm' or 'conv'")
         self.n, self.stride, self.first_layer = net.patch_size, stride, first_layer
@@ -312,8 +322,9 @@ class _RowsEngine:
             patches[:, :, 0].copy_(band)
             if context is not None:  # the context samples: the same grid, d pixels apart
                 cw = context.shape[3]
-                band = context[b, 0, r0 * s :].as_strided((r1 - r0, nx, n, n),
-                                                          (s * cw, s, d * cw, d))  # fmt: skip
+                band = context[b, 0, r0 * s :].as_strided(
+                    (r1 - r0, nx, n, n), (s * cw, s, d * cw, d)
+                )
                 patches[:, :, 1].copy_(band)
             h = torch.addmm(b0, cols, w0, out=self._buffer(scratch, "h0", m, w0.shape[1]))
         else:
@@ -336,8 +347,13 @@ ENGINES = ("auto", "rows", "rows_conv", "fcn", "fcn_stacked", "unfold")
 AGGREGATES = ("mean", "center")  # patch grid -> pixel probabilities (see segment_slices)
 
 
-def classify_unfolded(net: nn.Module, x: torch.Tensor, stride: int, batch_patches: int,
-                      context: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def classify_unfolded(
+    net: nn.Module,
+    x: torch.Tensor,
+    stride: int,
+    batch_patches: int,
+    context: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Logits (B, K, ny, nx) of any patch classifier on every grid patch of x (B, 1, H, W).
 
     Patches are unfolded at ``stride`` (row-major grid, corner (i * stride, j * stride)) and
@@ -371,9 +387,16 @@ def patch_logits(net: nn.Module, stride: int, batch_patches: int):
     return lambda x, context=None: classify_unfolded(net, x, stride, batch_patches, context)
 
 
-def _dense_logits(net: nn.Module, stride: int, device: torch.device, engine: str,
-                  batch_patches: int, chunk_positions: int, threads: int | None,
-                  autocast_dtype: torch.dtype | None):  # fmt: skip
+def _dense_logits(
+    net: nn.Module,
+    stride: int,
+    device: torch.device,
+    engine: str,
+    batch_patches: int,
+    chunk_positions: int,
+    threads: int | None,
+    autocast_dtype: torch.dtype | None,
+):
     """The function (x (B, 1, H, W), context image or None) -> logits (B, K, ny, nx) that
     ``engine`` names."""
     if engine not in ENGINES:
@@ -473,8 +496,9 @@ def segment_slices(
     device = torch.device(device)
     was_training = net.training
     net.eval().to(device)
-    classify = _dense_logits(net, stride, device, engine, batch_patches, chunk_positions, threads,
-                             autocast_dtype)  # fmt: skip
+    classify = _dense_logits(
+        net, stride, device, engine, batch_patches, chunk_positions, threads, autocast_dtype
+    )
     n_slices, height, width = slices.shape
     if n_slices == 0:
         raise ValueError("segment_slices: no slices given (shape (0, H, W))")
@@ -547,8 +571,10 @@ class _CopyBack:
         self.turn ^= 1
         self._drain(slot)
         staging = self.slots[slot]
-        if staging is None or any(s.shape[1:] != m.shape[1:] or len(s) < len(m)
-                                  for s, m in zip(staging, maps, strict=True)):  # fmt: skip
+        if staging is None or any(
+            s.shape[1:] != m.shape[1:] or len(s) < len(m)
+            for s, m in zip(staging, maps, strict=True)
+        ):
             staging = [torch.empty(m.shape, dtype=torch.float32, pin_memory=True) for m in maps]
             self.slots[slot] = staging
         views = [s[: len(m)] for s, m in zip(staging, maps, strict=True)]
@@ -574,9 +600,14 @@ class _CopyBack:
 
 
 @torch.inference_mode()
-def segment_slices_pixelwise(net: nn.Module, slices: np.ndarray, batch_slices: int,
-                             device: str | torch.device = "cpu", context_offset: int = 0,
-                             progress: bool = False) -> np.ndarray:  # fmt: skip
+def segment_slices_pixelwise(
+    net: nn.Module,
+    slices: np.ndarray,
+    batch_slices: int,
+    device: str | torch.device = "cpu",
+    context_offset: int = 0,
+    progress: bool = False,
+) -> np.ndarray:
     """Class probabilities (S, K, H, W) float32 of a pixel-wise net on (S, H, W) slices.
 
     ``net`` maps (B, C, H, W) to logits (B, K, H, W), or to a tuple whose first item they are
@@ -638,8 +669,9 @@ def calibrate_threshold(
     return float(thresholds[best]), float(dice[best])
 
 
-def postprocess(labels: np.ndarray, min_size: int, keep_largest: int | None,
-                opening_radius: int) -> np.ndarray:  # fmt: skip
+def postprocess(
+    labels: np.ndarray, min_size: int, keep_largest: int | None, opening_radius: int
+) -> np.ndarray:
     """Optional clean-up of a class map, per foreground class, in 3D.
 
     Args:

@@ -85,10 +85,16 @@ class LesionSpec:
 
     def __post_init__(self) -> None:
         """Coerces config containers to tuples and numbers and checks the ranges."""
-        for name, kind in (("count", int), ("lobes", int), ("radius_mm", float),
-                           ("aspect", float), ("contrast_hypo", float),
-                           ("contrast_hyper", float), ("rim_strength", float),
-                           ("texture", float)):  # fmt: skip
+        for name, kind in (
+            ("count", int),
+            ("lobes", int),
+            ("radius_mm", float),
+            ("aspect", float),
+            ("contrast_hypo", float),
+            ("contrast_hyper", float),
+            ("rim_strength", float),
+            ("texture", float),
+        ):
             value = tuple(kind(v) for v in getattr(self, name))
             if len(value) != 2 or value[0] > value[1] or value[0] < 0:
                 raise ValueError(
@@ -230,8 +236,13 @@ def _implant_one(image, labels, body, spacing, spec: LesionSpec, rng, marrow) ->
     }
 
 
-def implant_lesions(image: np.ndarray, labels: np.ndarray, spacing: tuple[float, float, float],
-                    spec: LesionSpec, rng: np.random.Generator):  # fmt: skip
+def implant_lesions(
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: tuple[float, float, float],
+    spec: LesionSpec,
+    rng: np.random.Generator,
+):
     """Implants a random number of lesions into the vertebral bodies of one scan.
 
     Args:

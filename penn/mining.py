@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 @torch.inference_mode()
-def background_scores(net: torch.nn.Module, dataset, indices: np.ndarray, batch_size: int,
-                      device: torch.device) -> np.ndarray:  # fmt: skip
+def background_scores(
+    net: torch.nn.Module, dataset, indices: np.ndarray, batch_size: int, device: torch.device
+) -> np.ndarray:
     """Probability of "not background" the network gives each patch at ``indices``."""
     was_training = net.training
     net.eval()

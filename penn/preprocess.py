@@ -91,8 +91,9 @@ def resize_in_plane(array: np.ndarray, shape: tuple[int, int], order: int) -> np
         return array
     out_shape = (*array.shape[:-2], *shape)
     shrink = order > 0 and (shape[0] < array.shape[-2] or shape[1] < array.shape[-1])
-    out = resize(array, out_shape, order=order, mode="edge", anti_aliasing=shrink,
-                 preserve_range=True)  # fmt: skip
+    out = resize(
+        array, out_shape, order=order, mode="edge", anti_aliasing=shrink, preserve_range=True
+    )
     return out.astype(array.dtype, copy=False)
 
 
@@ -116,8 +117,12 @@ class SliceGrid:
         return resize_in_plane(slices, self.native, order)
 
 
-def slice_grid(shape: tuple[int, int, int], voxel_spacing: tuple[float, float, float] | None,
-               plane: str, spacing: float | None) -> SliceGrid:  # fmt: skip
+def slice_grid(
+    shape: tuple[int, int, int],
+    voxel_spacing: tuple[float, float, float] | None,
+    plane: str,
+    spacing: float | None,
+) -> SliceGrid:
     """The working grid of a canonical volume of ``shape`` with pixels of ``spacing`` mm.
 
     Args:

@@ -70,8 +70,9 @@ def pick_slices(truth: np.ndarray, count: int) -> list[int]:
     return sorted(int(i) for i in order[:count] if area[i] > 0)
 
 
-def overlay_figure(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray,
-                   title: str) -> bytes:  # fmt: skip
+def overlay_figure(
+    image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray, title: str
+) -> bytes:
     """PNG bytes of a slice in the style of the paper's Fig. 7: image, truth, prediction, overlay.
 
     Slices (H = posterior-anterior, W = inferior-superior for sagittal) are shown with superior up
@@ -105,8 +106,14 @@ def overlay_figure(image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray
     return buffer.getvalue()
 
 
-def write_overlays(folder: str | Path, name: str, slices: np.ndarray, truth: np.ndarray | None,
-                   pred: np.ndarray, count: int) -> list[Path]:  # fmt: skip
+def write_overlays(
+    folder: str | Path,
+    name: str,
+    slices: np.ndarray,
+    truth: np.ndarray | None,
+    pred: np.ndarray,
+    count: int,
+) -> list[Path]:
     """Writes overlay PNGs of the ``count`` slices with the most foreground; returns the paths."""
     reference = truth if truth is not None and truth.any() else pred
     paths = []

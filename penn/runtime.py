@@ -27,8 +27,13 @@ def make_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
-def make_trainer(cfg: DictConfig, phase: str, max_epochs: int, loggers: list[Logger],
-                 callbacks: list[L.Callback] = ()) -> L.Trainer:  # fmt: skip
+def make_trainer(
+    cfg: DictConfig,
+    phase: str,
+    max_epochs: int,
+    loggers: list[Logger],
+    callbacks: list[L.Callback] = (),
+) -> L.Trainer:
     """A Trainer for one phase, checkpointing into ``checkpoints/<phase>/`` (best and last).
 
     Pretraining stages have no validation, so their checkpoint is simply the latest epoch.
@@ -48,9 +53,14 @@ def make_trainer(cfg: DictConfig, phase: str, max_epochs: int, loggers: list[Log
         # resumed from it would redo that epoch. A second callback writes it after every epoch.
         checkpoint.save_last = False
         checkpoints.append(
-            ModelCheckpoint(dirpath=str(dirpath), filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
-                            monitor=None, save_top_k=1, enable_version_counter=False)
-        )  # fmt: skip
+            ModelCheckpoint(
+                dirpath=str(dirpath),
+                filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
+            )
+        )
     extra = [instantiate(node) for node in (cfg.callbacks.get("extra") or {}).values() if node]
     return instantiate(
         cfg.trainer,

@@ -65,10 +65,16 @@ def augment_slice(image: torch.Tensor, mask: torch.Tensor, cfg: dict):
         # pixels -> normalised [-1, 1] coordinates, x then y as grid_sample expects
         shift = shift[0].permute(1, 2, 0) * torch.tensor([2.0 / width, 2.0 / height])
         grid = grid + shift[None]
-    warped = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="reflection",
-                           align_corners=False)[0]  # fmt: skip
-    mask = F.grid_sample(mask[None, None].float(), grid, mode="nearest",
-                         padding_mode="reflection", align_corners=False)[0, 0].long()  # fmt: skip
+    warped = F.grid_sample(
+        image[None], grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )[0]
+    mask = F.grid_sample(
+        mask[None, None].float(),
+        grid,
+        mode="nearest",
+        padding_mode="reflection",
+        align_corners=False,
+    )[0, 0].long()
     warped = warped.clamp(0.0, 1.0) ** _uniform(*cfg["gamma"])
     if cfg["noise_std"] > 0:
         warped = warped + cfg["noise_std"] * torch.randn_like(warped)
@@ -89,9 +95,16 @@ class SliceDataset(Dataset):
         seed: seed of the contrast augmentation's draws (each loader worker adds its id).
     """
 
-    def __init__(self, slices: list[np.ndarray], labels: list[np.ndarray],
-                 classes: list[list[int]], context_offset: int, crop: int | None = None,
-                 augment: dict | None = None, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        slices: list[np.ndarray],
+        labels: list[np.ndarray],
+        classes: list[list[int]],
+        context_offset: int,
+        crop: int | None = None,
+        augment: dict | None = None,
+        seed: int = 0,
+    ):
         self.slices, self.offset = slices, context_offset
         contrast = (augment or {}).get("contrast")
         self.contrast = ContrastAugment(**contrast, seed=seed) if contrast else None
@@ -141,8 +154,14 @@ class SliceDataModule(PatchDataModule):
         **data: the arguments of :class:`~penn.datamodule.PatchDataModule` (``cfg.data``).
     """
 
-    def __init__(self, slice_batch: int, context_offset: int, crop: int | None = None,
-                 slice_augment: dict | None = None, **data):  # fmt: skip
+    def __init__(
+        self,
+        slice_batch: int,
+        context_offset: int,
+        crop: int | None = None,
+        slice_augment: dict | None = None,
+        **data,
+    ):
         super().__init__(**data)
         self.slice_batch, self.context_offset = slice_batch, context_offset
         self.crop, self.slice_augment = crop, slice_augment

@@ -184,8 +184,9 @@ def _group(runs: list[Run], keys: tuple[str, ...]) -> dict[tuple, list[Run]]:
     return groups
 
 
-def grid(runs: list[Run], metric: str, row_key: str = "model.n_layers",
-         col_key: str = "model.n_nodes") -> Grid:  # fmt: skip
+def grid(
+    runs: list[Run], metric: str, row_key: str = "model.n_layers", col_key: str = "model.n_nodes"
+) -> Grid:
     """Averages ``metric`` over the runs (seeds) of each (row, col) cell, e.g. layers x nodes."""
     cells = _group(runs, (row_key, col_key))
     rows = sorted({r for r, _ in cells})

@@ -62,9 +62,13 @@ class EpochTimer(L.Callback):
         if self._fit_start is None:
             return
         seconds = _now(module) - self._fit_start
-        log.info("%s: %d epochs in %.2f s (%.3f s per epoch, validation and checkpoints "
-                 "included)", self.phase(module), self._epochs, seconds,
-                 seconds / self._epochs)  # fmt: skip
+        log.info(
+            "%s: %d epochs in %.2f s (%.3f s per epoch, validation and checkpoints included)",
+            self.phase(module),
+            self._epochs,
+            seconds,
+            seconds / self._epochs,
+        )
 
     @override
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx: int) -> None:
@@ -85,7 +89,16 @@ class EpochTimer(L.Callback):
         seconds = _now(module) - self._start - self._validation
         phase = self.phase(module)
         rate = self._samples / seconds
-        module.log_dict({f"time/{phase}/epoch_s": seconds, f"time/{phase}/samples_s": rate},
-                        on_step=False, on_epoch=True)  # fmt: skip
-        log.info("%s epoch %d: %.2f s, %d samples, %.0f samples/s", phase,
-                 trainer.current_epoch + 1, seconds, self._samples, rate)  # fmt: skip
+        module.log_dict(
+            {f"time/{phase}/epoch_s": seconds, f"time/{phase}/samples_s": rate},
+            on_step=False,
+            on_epoch=True,
+        )
+        log.info(
+            "%s epoch %d: %.2f s, %d samples, %.0f samples/s",
+            phase,
+            trainer.current_epoch + 1,
+            seconds,
+            self._samples,
+            rate,
+        )

@@ -65,8 +65,9 @@ def compose_cfg(overrides: list[str], data_dir: Path, output_dir: Path) -> DictC
     return cfg
 
 
-def assert_model_reproduces_test_counts(net, meta: dict, run_dir: Path, overrides: list[str],
-                                        data_dir: Path) -> None:  # fmt: skip
+def assert_model_reproduces_test_counts(
+    net, meta: dict, run_dir: Path, overrides: list[str], data_dir: Path
+) -> None:
     """``net`` (the run's ``model.pt``) segments the run's first test volume again, with its
     stored read-out, threshold and post-processing, to the TP/FP/FN in ``evaluation.json``."""
     import json
@@ -79,10 +80,16 @@ def assert_model_reproduces_test_counts(net, meta: dict, run_dir: Path, override
     dm = instantiate(compose_cfg(overrides, data_dir, run_dir / "again").data)
     dm.setup("test")
     test, inference = dm.splits["test"], meta["inference"]
-    pred = predict_volumes(net, test.slices[:1], inference, progress=False,
-                           slice_spacings=test.slice_spacings(dm.plane)[:1])[0]  # fmt: skip
-    mask = postprocess(decide(pred.probs, inference["threshold"]),
-                       **inference["postprocess"]).astype(bool)  # fmt: skip
+    pred = predict_volumes(
+        net,
+        test.slices[:1],
+        inference,
+        progress=False,
+        slice_spacings=test.slice_spacings(dm.plane)[:1],
+    )[0]
+    mask = postprocess(
+        decide(pred.probs, inference["threshold"]), **inference["postprocess"]
+    ).astype(bool)
     truth = class_map(test.labels[0], dm.classes).astype(bool)
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     tp, fp, _, fn = evaluation["test_volumes"][test.names[0]][1]

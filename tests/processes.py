@@ -86,8 +86,14 @@ def _child(module: str, args: list[str], env: dict, cwd: str, out: str, err: str
         os._exit(code)
 
 
-def run_module(module: str, args: list[str], env: dict | None = None, cwd: Path | None = None,
-               timeout: float = 600, fork: bool = True) -> subprocess.CompletedProcess:  # fmt: skip
+def run_module(
+    module: str,
+    args: list[str],
+    env: dict | None = None,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    fork: bool = True,
+) -> subprocess.CompletedProcess:
     """Runs ``python -m module *args`` in a forked child; stdout and stderr come back as text.
 
     ``fork=False`` starts a fresh interpreter instead: Hydra's joblib launcher took 5 min
@@ -97,8 +103,9 @@ def run_module(module: str, args: list[str], env: dict | None = None, cwd: Path 
     cwd = str(cwd or Path.cwd())
     cmd = [sys.executable, "-m", module, *args]
     if not fork:
-        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
     with tempfile.TemporaryDirectory() as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         child = _server().Process(target=_child, args=(module, list(args), env, cwd, out, err))

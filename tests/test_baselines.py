@@ -106,8 +106,16 @@ def test_opconvnet_config_builds_the_patch_cnn_without_pretraining():
 
 
 def small_saunet(n_outputs: int = 1) -> SAUNet:
-    return SAUNet(n_outputs=n_outputs, stem_channels=4, growth=4, depth=2, encoder_layers=2,
-                  decoder_layers=2, decoder_channels=8, feature_channels=8)  # fmt: skip
+    return SAUNet(
+        n_outputs=n_outputs,
+        stem_channels=4,
+        growth=4,
+        depth=2,
+        encoder_layers=2,
+        decoder_layers=2,
+        decoder_channels=8,
+        feature_channels=8,
+    )
 
 
 def test_saunet_keeps_the_slice_size():
@@ -136,8 +144,15 @@ def test_saunet_volume_features_computed_once_equal_the_per_slice_run():
 
 
 def small_dtvnet() -> DTVNet:
-    return DTVNet(in_channels=1, n_outputs=1, base_channels=4, aux_channels=2, depth=4,
-                  rates=[2, 4, 6], image_pooling=True)  # fmt: skip
+    return DTVNet(
+        in_channels=1,
+        n_outputs=1,
+        base_channels=4,
+        aux_channels=2,
+        depth=4,
+        rates=[2, 4, 6],
+        image_pooling=True,
+    )
 
 
 def test_contour_target_is_a_band_around_the_mask_and_empty_without_one():

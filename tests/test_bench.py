@@ -60,10 +60,19 @@ def test_bench_writes_the_headline_json(bench, phantom_dir, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     head = json.loads(last)
     assert head == result["headline"]
-    for key in ("slice_stride4_s", "slice_stride1_s", "efficiency_stride4",
-                "speedup_vs_patch_by_patch_stride1", "min_efficiency_stride_le4",
-                "volume_3x40x36_s", "volume_3x40x36_peak_rss_gb", "stream_patches_s",
-                "stream_ratio", "finetune_patches_s", "matmul_gflops"):  # fmt: skip
+    for key in (
+        "slice_stride4_s",
+        "slice_stride1_s",
+        "efficiency_stride4",
+        "speedup_vs_patch_by_patch_stride1",
+        "min_efficiency_stride_le4",
+        "volume_3x40x36_s",
+        "volume_3x40x36_peak_rss_gb",
+        "stream_patches_s",
+        "stream_ratio",
+        "finetune_patches_s",
+        "matmul_gflops",
+    ):
         assert head[key] > 0, key
     assert head["device"] in ("cpu", "cuda")
     assert result["machine"]["cpu_count"] >= 1

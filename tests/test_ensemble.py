@@ -23,7 +23,7 @@ def networks(n_outputs: int, count: int, context: int = 0) -> list:
     return [
         StackedSparseAutoencoder(
             8, n_layers=1, n_nodes=2, n_outputs=n_outputs, context_dilation=context
-        ).eval()  # fmt: skip
+        ).eval()
         for _ in range(count)
     ]
 
@@ -53,8 +53,9 @@ def test_dense_readout_of_an_ensemble_is_the_mean_of_its_members_readouts():
     members = networks(1, 2, context=2)
     slices = [np.random.default_rng(0).random((3, 24, 30), dtype=np.float32)]
     inference = {"stride": 2, "batch_slices": 2, "aggregate": "center", "center_sigma": 2.0}
-    ensemble = predict_volumes(Ensemble(members), slices, inference, device="cpu",
-                               progress=False)[0]  # fmt: skip
+    ensemble = predict_volumes(Ensemble(members), slices, inference, device="cpu", progress=False)[
+        0
+    ]
     each = [predict_volumes(m, slices, inference, device="cpu", progress=False)[0] for m in members]
     assert not np.allclose(each[0].probs, each[1].probs)
     np.testing.assert_allclose(ensemble.probs, (each[0].probs + each[1].probs) / 2, atol=1e-6)
@@ -107,8 +108,12 @@ def test_run_fine_tunes_members_and_resumes_from_the_second(tmp_path):
 
     assert_model_reproduces_test_counts(net, saved, run_dir, ["model.finetune.members=2"], data_dir)
 
-    proc = penn("penn.run", *overrides, f"hydra.run.dir={again}",
-                f"ckpt_path={checkpoints / 'finetune_member1' / 'last.ckpt'}")  # fmt: skip
+    proc = penn(
+        "penn.run",
+        *overrides,
+        f"hydra.run.dir={again}",
+        f"ckpt_path={checkpoints / 'finetune_member1' / 'last.ckpt'}",
+    )
     log = proc.stdout + proc.stderr + (again / "run.log").read_text()
     assert "resuming fine-tuning of ensemble member 1" in log
     assert not (again / "checkpoints" / "pretrain_stage1").exists()
@@ -123,9 +128,13 @@ def test_resuming_a_member_the_config_does_not_have_is_refused(tmp_path):
     data_dir, run_dir = tmp_path / "data", tmp_path / "run"
     overrides = [*TINY, f"paths.data_dir={data_dir}", "model.pretrain.epochs=0"]
     penn("penn.run", *overrides, "model.finetune.members=2", f"hydra.run.dir={run_dir}")
-    proc = penn("penn.run", *overrides, f"hydra.run.dir={tmp_path / 'again'}",
-                f"ckpt_path={run_dir / 'checkpoints' / 'finetune_member1' / 'last.ckpt'}",
-                check=False)  # fmt: skip
+    proc = penn(
+        "penn.run",
+        *overrides,
+        f"hydra.run.dir={tmp_path / 'again'}",
+        f"ckpt_path={run_dir / 'checkpoints' / 'finetune_member1' / 'last.ckpt'}",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "checkpoint of ensemble member 1, but model.finetune.members=1" in proc.stderr
 

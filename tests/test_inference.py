@@ -101,8 +101,7 @@ def test_pixel_maps_alone_skip_the_patch_grid():
     net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=1).eval()
     slices = np.random.default_rng(1).random((5, 20, 16)).astype(np.float32)
     both, grid = segment_slices(net, slices, 2, batch_slices=2, aggregate="center")
-    alone, none = segment_slices(net, slices, 2, batch_slices=2, aggregate="center",
-                                 patches=False)  # fmt: skip
+    alone, none = segment_slices(net, slices, 2, batch_slices=2, aggregate="center", patches=False)
     assert none is None and grid.shape[:2] == (5, 1)
     np.testing.assert_array_equal(alone, both)
 
@@ -162,8 +161,15 @@ def test_patch_cnn_dense_output_equals_patch_by_patch(stride):
 
 def test_pixelwise_nets_segment_in_batches_with_the_main_head():
     torch.manual_seed(0)
-    net = DTVNet(in_channels=1, n_outputs=1, base_channels=2, aux_channels=2, depth=2,
-                 rates=[1, 2], image_pooling=False)  # fmt: skip
+    net = DTVNet(
+        in_channels=1,
+        n_outputs=1,
+        base_channels=2,
+        aux_channels=2,
+        depth=2,
+        rates=[1, 2],
+        image_pooling=False,
+    )
     slices = np.random.default_rng(0).random((3, 13, 11)).astype(np.float32)
     probs = segment_slices_pixelwise(net, slices, batch_slices=2)
     assert net.training and probs.shape == (3, 1, 13, 11)
@@ -208,8 +214,16 @@ def test_every_engine_equals_patch_by_patch_across_bands_and_threads(engine, str
     slices = np.random.default_rng(1).random((3, 23, 19)).astype(np.float32)
     threads = torch.get_num_threads()
     # 10 patches per band: several bands per slice, shared by two threads
-    dense, patch_probs = segment_slices(net, slices, stride, batch_slices=2, engine=engine,
-                                        chunk_positions=10, threads=2, batch_patches=7)  # fmt: skip
+    dense, patch_probs = segment_slices(
+        net,
+        slices,
+        stride,
+        batch_slices=2,
+        engine=engine,
+        chunk_positions=10,
+        threads=2,
+        batch_patches=7,
+    )
     np.testing.assert_allclose(dense, patch_by_patch(net, slices, stride), atol=1e-5)
     auto_dense, auto_patch = segment_slices(net, slices, stride, batch_slices=3)
     np.testing.assert_allclose(patch_probs, auto_patch, atol=1e-5)
@@ -240,10 +254,15 @@ def test_tied_min_sizes_go_to_the_largest_and_a_strict_preference_stands(lesion_
     probs[8, 0, 30:40, 30:40] = 0.8  # a 100-voxel false positive in one slice
     inference = {
         "threshold": 0.5,
-        "calibration": {"method": "joint", "low": 0.5, "high": 0.7, "step": 0.1,
-                        "min_sizes": [0, 250, 1000]},
+        "calibration": {
+            "method": "joint",
+            "low": 0.5,
+            "high": 0.7,
+            "step": 0.1,
+            "min_sizes": [0, 250, 1000],
+        },
         "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0},
-    }  # fmt: skip
+    }
     expected = 1000 if lesion_voxels > 1000 else 250
     pred = [Prediction(probs, None)]
     threshold, min_size, record = calibrate_decision(pred, [truth], inference)
@@ -302,10 +321,15 @@ def test_joint_calibration_equals_brute_force_over_thresholds_and_min_sizes(post
     sizes = [0, 10, 280]
     inference = {
         "threshold": 0.5,
-        "calibration": {"method": "joint", "low": 0.3, "high": 0.9, "step": 0.05,
-                        "min_sizes": sizes},
+        "calibration": {
+            "method": "joint",
+            "low": 0.3,
+            "high": 0.9,
+            "step": 0.05,
+            "min_sizes": sizes,
+        },
         "postprocess": {"min_size": 0, **postprocessing},
-    }  # fmt: skip
+    }
     threshold, min_size, record = calibrate_decision(predictions, truths, inference)
     dice = {}
     for t in np.round(np.arange(0.3, 0.9 + 1e-9, 0.05), 6):
@@ -346,10 +370,16 @@ def test_joint_calibration_objective_mean_scores_false_positives_on_target_free_
     predictions = [Prediction(p[:, None], None) for p in (probs_a, probs_b)]
     inference = {
         "threshold": 0.5,
-        "calibration": {"method": "joint", "objective": "pooled", "low": 0.5, "high": 0.7,
-                        "step": 0.2, "min_sizes": [0]},
+        "calibration": {
+            "method": "joint",
+            "objective": "pooled",
+            "low": 0.5,
+            "high": 0.7,
+            "step": 0.2,
+            "min_sizes": [0],
+        },
         "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0},
-    }  # fmt: skip
+    }
     threshold, _, record = calibrate_decision(predictions, [truth_a, truth_b], inference)
     assert threshold == 0.5
     assert record["val_pooled_dice"] == pytest.approx(400 / 420)
@@ -399,8 +429,9 @@ def test_predict_volumes_smooths_across_each_volumes_own_slices():
     inference = {"stride": 2, "batch_slices": 2, "aggregate": "center", "center_sigma": 0.0}
     plain = predict_volumes(net, volumes, inference, device="cpu", progress=False)
     inference["slice_sigma_mm"] = 3.0
-    smooth = predict_volumes(net, volumes, inference, device="cpu", progress=False,
-                             slice_spacings=[3.0, 1.5])  # fmt: skip
+    smooth = predict_volumes(
+        net, volumes, inference, device="cpu", progress=False, slice_spacings=[3.0, 1.5]
+    )
     for p, s, spacing in zip(plain, smooth, [3.0, 1.5], strict=True):
         expected = smooth_across_slices(p.probs, 3.0, spacing)
         assert not np.allclose(expected, p.probs)

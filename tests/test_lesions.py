@@ -110,8 +110,14 @@ def test_label_values_are_0_1_2_and_counts_follow_the_spec(spec):
 @pytest.mark.parametrize("hyper", [0.0, 1.0])
 def test_contrast_is_hypo_or_hyperintense_to_marrow(spec, hyper):
     image, labels = box_scan()
-    one = replace(spec, none_probability=0.0, count=(1, 1), radius_mm=(6.0, 6.0),
-                  hyper_probability=hyper, rim_probability=0.0)  # fmt: skip
+    one = replace(
+        spec,
+        none_probability=0.0,
+        count=(1, 1),
+        radius_mm=(6.0, 6.0),
+        hyper_probability=hyper,
+        rim_probability=0.0,
+    )
     out_image, out_labels, records = implant_lesions(
         image, labels, SPACING, one, lesion_rng(1, "c")
     )
@@ -274,8 +280,15 @@ def test_lesions_entry_config_reads_the_benchmark_settings():
 
 def test_pixelwise_baselines_get_the_lesion_slice_twin(tmp_path):
     source = write_source(tmp_path / "src", 5)
-    cfg = lesion_cfg([f"data.root={source}", "model=unet", "data.lesions.none_probability=0.0",
-                      "data.split.val=0.2", "data.split.test=0.2"])  # fmt: skip
+    cfg = lesion_cfg(
+        [
+            f"data.root={source}",
+            "model=unet",
+            "data.lesions.none_probability=0.0",
+            "data.split.val=0.2",
+            "data.split.test=0.2",
+        ]
+    )
     dm = make_datamodule(cfg)
     dm.setup("fit")
     assert isinstance(dm, LesionSliceDataModule) and dm.n_outputs == 3

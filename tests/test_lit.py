@@ -102,43 +102,74 @@ def grouped_fit(make_module, batch_size, steps_per_batch):
     before = snapshot(net)
     module = make_module(net, steps_per_batch)
     data = loader().dataset
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=batch_size))
     loss = {k: v for k, v in trainer.callback_metrics.items() if k.endswith("loss")}
     return before, snapshot(net), trainer.global_step, loss
 
 
 def pretrain_module(net, steps):
-    return PretrainModule(net, stage=0, lambda_l2=1e-3, beta=0.5, rho=0.1, l2_on="both",
-                          optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
-                          steps_per_batch=steps, micro_batch=16)  # fmt: skip
+    return PretrainModule(
+        net,
+        stage=0,
+        lambda_l2=1e-3,
+        beta=0.5,
+        rho=0.1,
+        l2_on="both",
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        steps_per_batch=steps,
+        micro_batch=16,
+    )
 
 
 def finetune_module(net, steps):
-    return FinetuneModule(net, n_classes=2, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
-                          steps_per_batch=steps, micro_batch=16)  # fmt: skip
+    return FinetuneModule(
+        net,
+        n_classes=2,
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        steps_per_batch=steps,
+        micro_batch=16,
+    )
 
 
 def finetune_module_lbfgs(net, steps):
     """LBFGS needs a closure (one loss evaluation per step at max_iter=1)."""
-    return FinetuneModule(net, n_classes=2,
-                          optimizer=lambda p: torch.optim.LBFGS(p, lr=0.1, max_iter=1),
-                          steps_per_batch=steps, micro_batch=16)  # fmt: skip
+    return FinetuneModule(
+        net,
+        n_classes=2,
+        optimizer=lambda p: torch.optim.LBFGS(p, lr=0.1, max_iter=1),
+        steps_per_batch=steps,
+        micro_batch=16,
+    )
 
 
 def finetune_module_sgd(net, steps):
-    return FinetuneModule(net, n_classes=2,
-                          optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-                          steps_per_batch=steps, micro_batch=16)  # fmt: skip
+    return FinetuneModule(
+        net,
+        n_classes=2,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        steps_per_batch=steps,
+        micro_batch=16,
+    )
 
 
 def finetune_module_scheduled(net, steps):
     """A learning rate cut tenfold after every epoch (model.finetune.scheduler)."""
-    return FinetuneModule(net, n_classes=2, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
-                          scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.1),
-                          steps_per_batch=steps, micro_batch=16)  # fmt: skip
+    return FinetuneModule(
+        net,
+        n_classes=2,
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, 1, gamma=0.1),
+        steps_per_batch=steps,
+        micro_batch=16,
+    )
 
 
 @pytest.mark.parametrize(
@@ -171,9 +202,14 @@ def test_the_scheduler_steps_once_per_epoch_with_single_and_grouped_steps(steps_
     torch.manual_seed(0)
     net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=1)
     module = finetune_module_scheduled(net, steps_per_batch)
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     data = DataLoader(loader().dataset, batch_size=16 * steps_per_batch)
     trainer.fit(module, train_dataloaders=data)
     (optimizer,) = trainer.optimizers
@@ -185,8 +221,13 @@ def test_grouped_steps_reject_a_partial_micro_batch():
     from penn.lit.step_group import StepGroup
 
     w = torch.zeros(3, requires_grad=True)
-    group = StepGroup(lambda x, y: {"loss": (x @ w).sum()}, torch.optim.SGD([w], lr=0.1),
-                      micro_batch=4, steps=2, use_graph=False)  # fmt: skip
+    group = StepGroup(
+        lambda x, y: {"loss": (x @ w).sum()},
+        torch.optim.SGD([w], lr=0.1),
+        micro_batch=4,
+        steps=2,
+        use_graph=False,
+    )
     out = group(torch.ones(8, 3), torch.zeros(8))
     assert out["loss"].shape == (2,)
     torch.testing.assert_close(w.detach(), torch.full((3,), -0.8))  # two steps of -0.1 * 4

@@ -36,8 +36,15 @@ def test_multiclass_dice_scores_the_foreground_classes_only():
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")  # no Trainer attached
 def test_contour_branch_adds_its_weighted_loss():
     torch.manual_seed(0)
-    net = DTVNet(in_channels=1, n_outputs=1, base_channels=2, aux_channels=2, depth=2,
-                 rates=[1, 2], image_pooling=False).eval()  # fmt: skip
+    net = DTVNet(
+        in_channels=1,
+        n_outputs=1,
+        base_channels=2,
+        aux_channels=2,
+        depth=2,
+        rates=[1, 2],
+        image_pooling=False,
+    ).eval()
     batch = (torch.rand(2, 1, 8, 8), square_masks())
     adam = functools.partial(torch.optim.Adam, lr=1e-3)
     losses = [
@@ -58,9 +65,15 @@ def test_unet_trains_and_logs_pixel_metrics(tmp_path):
     module = SegmentationModule(
         net, 2, functools.partial(torch.optim.AdamW, lr=1e-2), dice_weight=1.0, contour_weight=0.0
     )
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     with torch.no_grad():
         first = segmentation_loss(net.eval()(images), masks, 1.0).item()
     net.train()

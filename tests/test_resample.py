@@ -51,10 +51,12 @@ def _smooth_volume(shape, seed=0) -> np.ndarray:
 def test_a_scan_at_twice_the_resolution_gives_the_same_working_slices():
     coarse = _smooth_volume((4, 40, 48))  # 1 mm pixels
     fine = resize_in_plane(coarse, (80, 96), order=1)  # the same anatomy at 0.5 mm
-    at_1mm = preprocess_volume(coarse, "sagittal", **PREPROCESS, spacing=1.0,
-                               voxel_spacing=(3.0, 1.0, 1.0))  # fmt: skip
-    from_fine = preprocess_volume(fine, "sagittal", **PREPROCESS, spacing=1.0,
-                                  voxel_spacing=(3.0, 0.5, 0.5))  # fmt: skip
+    at_1mm = preprocess_volume(
+        coarse, "sagittal", **PREPROCESS, spacing=1.0, voxel_spacing=(3.0, 1.0, 1.0)
+    )
+    from_fine = preprocess_volume(
+        fine, "sagittal", **PREPROCESS, spacing=1.0, voxel_spacing=(3.0, 0.5, 0.5)
+    )
     as_is = preprocess_volume(fine, "sagittal", **PREPROCESS, voxel_spacing=(3.0, 0.5, 0.5))
     assert at_1mm.shape == from_fine.shape == (4, 40, 48) and as_is.shape == (4, 80, 96)
     assert np.abs(at_1mm - from_fine).mean() < 0.03  # interpolation error only
@@ -82,8 +84,9 @@ def test_probabilities_return_to_the_scans_grid_and_patches_stay_on_the_working_
     slices = np.random.default_rng(1).random((2, 20, 24)).astype(np.float32)
     inference = {"stride": 2, "batch_slices": 2, "aggregate": "center", "center_sigma": 0.0}
     plain = predict_volumes(net, [slices], inference, device="cpu", progress=False)[0]
-    back = predict_volumes(net, [slices], inference, device="cpu", progress=False,
-                           shapes=[(40, 48)])[0]  # fmt: skip
+    back = predict_volumes(
+        net, [slices], inference, device="cpu", progress=False, shapes=[(40, 48)]
+    )[0]
     assert back.probs.shape == (2, 1, 40, 48)
     np.testing.assert_array_equal(back.patch_probs, plain.patch_probs)
     np.testing.assert_allclose(back.probs, resize_in_plane(plain.probs, (40, 48), 1), atol=1e-6)
@@ -94,9 +97,16 @@ def resampled_run(tmp_path_factory):
     """A tiny run on the 0.5 mm phantom with the network at 1 mm: (run dir, data dir)."""
     base = tmp_path_factory.mktemp("spacing")
     data_dir, run_dir = base / "data", base / "run"
-    penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
-         "data.preprocess.spacing=1.0", "data.patches.size=8", "data.patches.stride=2",
-         "inference.stride=2")  # fmt: skip
+    penn(
+        "penn.run",
+        *TINY,
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        "data.preprocess.spacing=1.0",
+        "data.patches.size=8",
+        "data.patches.stride=2",
+        "inference.stride=2",
+    )
     return run_dir, data_dir
 
 
@@ -110,8 +120,9 @@ def test_a_resampled_run_is_scored_and_segments_on_the_scans_grid(resampled_run)
     name = sorted(evaluation["test_volumes"])[0]
     case = next(c for c in list_cases(data_dir / "phantom") if c.name == name)
     volume = read_case(case)
-    slices, labels, probs = segment_volume(net, volume, meta["data"], meta["inference"], "cpu",
-                                           meta.get("model"))  # fmt: skip
+    slices, labels, probs = segment_volume(
+        net, volume, meta["data"], meta["inference"], "cpu", meta.get("model")
+    )
     assert labels.shape == probs.shape == volume.image.shape == (6, 96, 128)
     assert slices.shape == (6, 96, 128)
     # penn.predict's labels are the run's test labels: the same counts against the truth

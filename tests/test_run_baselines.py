@@ -74,8 +74,16 @@ def test_model_file_reproduces_the_runs_test_counts(phantom_dir, tmp_path):
     probs = segment_slices_pixelwise(net, slices, 4, "cpu", meta["model"]["context_offset"])
     truth = to_slices(volume.labels, data["plane"])
     inference = meta["inference"]
-    _, rows = score([Prediction(probs, None)], [truth], data["classes"], data["class_names"],
-                    data["patches"], inference, inference["threshold"], "test")  # fmt: skip
+    _, rows = score(
+        [Prediction(probs, None)],
+        [truth],
+        data["classes"],
+        data["class_names"],
+        data["patches"],
+        inference,
+        inference["threshold"],
+        "test",
+    )
     assert rows[0] == counts
 
 
@@ -84,17 +92,26 @@ def test_perfect_pixel_prediction_scores_one_at_every_level():
     labels[:, 5:35, 8:30] = 2
     probs = (labels == 2).astype(np.float32)[:, None]
     patches = {"size": 16, "rule": "fraction", "threshold": 0.6}
-    inference = {"stride": 4, "postprocess": {"min_size": 0, "keep_largest": None,
-                                              "opening_radius": 0}}  # fmt: skip
-    metrics, rows = score([Prediction(probs, None)], [labels], [[2]], ["tumor"], patches,
-                          inference, 0.5, "test")  # fmt: skip
+    inference = {
+        "stride": 4,
+        "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0},
+    }
+    metrics, rows = score(
+        [Prediction(probs, None)], [labels], [[2]], ["tumor"], patches, inference, 0.5, "test"
+    )
     tumor = 2 * 30 * 22
     assert rows[0][1] == [tumor, 0, 2 * 40 * 40 - tumor, 0]  # the tumor class: tp, fp, tn, fn
     assert metrics["test/pixel/dice"] == 1.0 and metrics["test/patch/f1"] == 1.0
 
 
-AUGMENT = {"rotation_deg": 0.0, "scale": [1.0, 1.0], "elastic_px": 0.0, "elastic_grid": 5,
-           "gamma": [1.0, 1.0], "noise_std": 0.0}  # fmt: skip
+AUGMENT = {
+    "rotation_deg": 0.0,
+    "scale": [1.0, 1.0],
+    "elastic_px": 0.0,
+    "elastic_grid": 5,
+    "gamma": [1.0, 1.0],
+    "noise_std": 0.0,
+}
 
 
 def test_augmentation_without_strength_is_the_identity():

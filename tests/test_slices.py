@@ -20,8 +20,9 @@ def test_slice_dataset_maps_labels_to_classes_and_replicates_edge_neighbours():
 
 
 def test_slice_datamodule_serves_whole_slices_of_the_patch_split(cfg_tiny):
-    dm = instantiate(cfg_tiny.data, _target_="penn.slices.SliceDataModule", slice_batch=2,
-                     context_offset=1)  # fmt: skip
+    dm = instantiate(
+        cfg_tiny.data, _target_="penn.slices.SliceDataModule", slice_batch=2, context_offset=1
+    )
     assert isinstance(dm, SliceDataModule)
     dm.prepare_data()
     dm.setup("fit")

@@ -37,13 +37,20 @@ def tiny(*swept: str) -> list[str]:
     return [o for o in TINY if o.split("=", 1)[0] not in keys] + FAST + list(swept)
 
 
-def penn_run(overrides: list[str], data_dir: Path, env: dict | None = None,
-             fork: bool = True) -> str:  # fmt: skip
+def penn_run(
+    overrides: list[str], data_dir: Path, env: dict | None = None, fork: bool = True
+) -> str:
     """``python -m penn.run`` in a process of its own; returns stdout + stderr, fails on error."""
     args = [*overrides, f"paths.data_dir={data_dir}"]
     environ = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    proc = run_module("penn.run", args, env={**environ, **NO_NETWORK, **(env or {})}, cwd=ROOT,
-                      timeout=400, fork=fork)  # fmt: skip
+    proc = run_module(
+        "penn.run",
+        args,
+        env={**environ, **NO_NETWORK, **(env or {})},
+        cwd=ROOT,
+        timeout=400,
+        fork=fork,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(proc.args)} failed:\n{out[-6000:]}"
     return out

@@ -53,15 +53,25 @@ class Tiny(L.LightningModule):
 def test_epoch_timer_logs_each_epoch_with_its_sample_count(tmp_path, caplog):
     data = torch.utils.data.TensorDataset(torch.rand(40, 4), torch.zeros(40))
     loader = torch.utils.data.DataLoader(data, batch_size=8)  # 5 batches, 40 samples
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[EpochTimer()], default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EpochTimer()],
+        default_root_dir=tmp_path,
+    )
     with caplog.at_level("INFO", logger="penn.timing"):
         trainer.fit(Tiny(), loader)
     lines = [r.getMessage() for r in caplog.records if r.name == "penn.timing"]
     assert [ln.split(":")[0] for ln in lines] == [
-        "finetune epoch 1", "finetune epoch 2", "finetune epoch 3", "finetune"
-    ]  # fmt: skip
+        "finetune epoch 1",
+        "finetune epoch 2",
+        "finetune epoch 3",
+        "finetune",
+    ]
     assert all(", 40 samples, " in ln for ln in lines[:3])
     assert lines[3].startswith("finetune: 3 epochs in ")
     logged = trainer.callback_metrics

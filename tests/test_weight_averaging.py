@@ -63,8 +63,9 @@ def test_ema_weights_of_the_best_epoch_are_kept_and_training_is_unchanged(
     common = ["model.finetune.epochs=2", "trainer.limit_train_batches=3"]
     plain_cfg = compose_cfg(common, phantom_dir, tmp_path / "plain")
     plain, plain_steps = _fine_tune(plain_cfg, monkeypatch)
-    cfg = compose_cfg([*common, f"model.finetune.weight_average={EMA}"], phantom_dir,
-                      tmp_path / "ema")  # fmt: skip
+    cfg = compose_cfg(
+        [*common, f"model.finetune.weight_average={EMA}"], phantom_dir, tmp_path / "ema"
+    )
     kept, steps = _fine_tune(cfg, monkeypatch)
 
     # swapping the mean in for validation and out again leaves the training weights exact
@@ -81,8 +82,10 @@ def test_ema_weights_of_the_best_epoch_are_kept_and_training_is_unchanged(
     for got, want in zip(kept.parameters(), expected, strict=True):
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
     # ... not the trained weights of that epoch; last.ckpt holds the final mean to resume from
-    assert any(not torch.allclose(g, w) for g, w in zip(kept.parameters(),
-               steps[3 * best["epoch"] + 2], strict=True))  # fmt: skip
+    assert any(
+        not torch.allclose(g, w)
+        for g, w in zip(kept.parameters(), steps[3 * best["epoch"] + 2], strict=True)
+    )
     final = [last["state_dict"][f"net.{name}"] for name, _ in kept.named_parameters()]
     for got, want in zip(final, means[-1], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
@@ -108,8 +111,11 @@ def test_a_resumed_fine_tuning_goes_on_from_the_checkpoints_mean(
     mean = [saved["state_dict"][f"net.{name}"] for name in names]
     for weights in steps:  # the saved mean goes on, it does not restart from the first step
         mean = [0.6 * m + 0.4 * w for m, w in zip(mean, weights, strict=True)]
-    final = torch.load(tmp_path / "again" / "checkpoints" / "finetune" / "last.ckpt",
-                       map_location="cpu", weights_only=True)["state_dict"]  # fmt: skip
+    final = torch.load(
+        tmp_path / "again" / "checkpoints" / "finetune" / "last.ckpt",
+        map_location="cpu",
+        weights_only=True,
+    )["state_dict"]
     for name, want in zip(names, mean, strict=True):
         torch.testing.assert_close(final[f"net.{name}"], want, rtol=1e-5, atol=1e-6)
 
@@ -117,9 +123,13 @@ def test_a_resumed_fine_tuning_goes_on_from_the_checkpoints_mean(
 def test_each_ensemble_member_keeps_the_mean_of_its_own_steps(
     phantom_dir, tmp_path, monkeypatch
 ) -> None:
-    overrides = ["model.finetune.epochs=1", "trainer.limit_train_batches=3",
-                 "trainer.limit_val_batches=0", "model.finetune.members=2",
-                 f"model.finetune.weight_average={EMA}"]  # fmt: skip
+    overrides = [
+        "model.finetune.epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=0",
+        "model.finetune.members=2",
+        f"model.finetune.weight_average={EMA}",
+    ]
     ensemble, steps = _fine_tune(compose_cfg(overrides, phantom_dir, tmp_path), monkeypatch)
     assert len(steps) == 6  # 3 steps of member 0, then 3 of member 1
     for member, own in zip(ensemble.members, (steps[:3], steps[3:]), strict=True):

@@ -69,10 +69,21 @@ class PretrainModule(GroupedStepsMixin, L.LightningModule):
             out = self._loss(patches)
         prefix = f"pretrain/stage{self.stage + 1}"
         loss = out.pop("loss")
-        self.log(f"{prefix}/loss", loss, prog_bar=True, on_step=False, on_epoch=True,
-                 sync_dist=True, batch_size=len(patches))  # fmt: skip
-        self.log_dict({f"{prefix}/{k}": v for k, v in out.items()}, on_step=False,
-                      on_epoch=True, batch_size=len(patches))  # fmt: skip
+        self.log(
+            f"{prefix}/loss",
+            loss,
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=len(patches),
+        )
+        self.log_dict(
+            {f"{prefix}/{k}": v for k, v in out.items()},
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(patches),
+        )
         return None if self.grouped else loss
 
     @override

@@ -82,8 +82,14 @@ class StepGroup:
         use_graph: capture full groups as a CUDA graph (the batches must be on a CUDA device).
     """
 
-    def __init__(self, step: StepFn, optimizer: torch.optim.Optimizer, micro_batch: int,
-                 steps: int, use_graph: bool):  # fmt: skip
+    def __init__(
+        self,
+        step: StepFn,
+        optimizer: torch.optim.Optimizer,
+        micro_batch: int,
+        steps: int,
+        use_graph: bool,
+    ):
         if micro_batch < 1 or steps < 1:
             raise ValueError(f"micro_batch and steps must be >= 1, got {micro_batch}, {steps}")
         self.step, self.optimizer = step, optimizer
@@ -186,8 +192,9 @@ class GroupedStepsMixin:
                     f"trainer.precision=32-true (got {self.trainer.precision})"
                 )
             optimizer = self.optimizers().optimizer  # the raw optimizer, stepped in the group
-            self._step_group = StepGroup(step, optimizer, self.micro_batch,
-                                         self.steps_per_batch, self._use_graph)  # fmt: skip
+            self._step_group = StepGroup(
+                step, optimizer, self.micro_batch, self.steps_per_batch, self._use_graph
+            )
         out = self._step_group(x, y)
         count_optimizer_steps(self.trainer, len(out["loss"]))
         return out

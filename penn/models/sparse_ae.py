@@ -84,8 +84,14 @@ class StackedSparseAutoencoder(nn.Module):
             (:mod:`penn.context`), so the first layer has 2 n*n inputs; 0: the patch alone.
     """
 
-    def __init__(self, patch_size: int, n_layers: int, n_nodes: int, n_outputs: int,
-                 context_dilation: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        patch_size: int,
+        n_layers: int,
+        n_nodes: int,
+        n_outputs: int,
+        context_dilation: int = 0,
+    ):
         super().__init__()
         if context_dilation < 0:
             raise ValueError(f"context_dilation must be >= 0, got {context_dilation}")

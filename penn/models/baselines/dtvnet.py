@@ -61,7 +61,7 @@ class ASPP(nn.Module):
                 nn.AdaptiveAvgPool2d(1),
                 nn.Conv2d(in_channels, out_channels, 1),
                 nn.ReLU(inplace=True),
-            )  # fmt: skip
+            )
             if image_pooling
             else None
         )
@@ -109,8 +109,16 @@ class DTVNet(nn.Module):
         image_pooling: add ASPP's global-average-pooling branch.
     """
 
-    def __init__(self, in_channels: int, n_outputs: int, base_channels: int, aux_channels: int,
-                 depth: int, rates: list[int], image_pooling: bool):  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        n_outputs: int,
+        base_channels: int,
+        aux_channels: int,
+        depth: int,
+        rates: list[int],
+        image_pooling: bool,
+    ):
         super().__init__()
         main = [base_channels * 2**level for level in range(depth + 1)]
         aux = [aux_channels * 2**level for level in range(depth + 1)]

@@ -54,8 +54,16 @@ class DenseBlock(nn.Module):
 class DenseUNet(nn.Module):
     """Densely connected U-Net: one slice (B, 1, H, W) -> features (B, feature_channels, H, W)."""
 
-    def __init__(self, stem_channels: int, growth: int, depth: int, encoder_layers: int,
-                 decoder_layers: int, decoder_channels: int, feature_channels: int):  # fmt: skip
+    def __init__(
+        self,
+        stem_channels: int,
+        growth: int,
+        depth: int,
+        encoder_layers: int,
+        decoder_layers: int,
+        decoder_channels: int,
+        feature_channels: int,
+    ):
         super().__init__()
         self.multiple = 2**depth
         self.stem = nn.Conv2d(1, stem_channels, 3, padding=1, bias=False)
@@ -68,7 +76,7 @@ class DenseUNet(nn.Module):
             self.transitions.append(
                 nn.Sequential(
                     _bn_relu_conv(block.out_channels, block.out_channels // 2, 1), nn.MaxPool2d(2)
-                )  # fmt: skip
+                )
             )
             channels = block.out_channels // 2
         self.bottleneck = DenseBlock(channels, growth, encoder_layers)
@@ -108,12 +116,27 @@ class SAUNet(nn.Module):
             feature_channels: the Dense U-Net (spec: 32, 16, 4, 4, 3, 64, 32).
     """
 
-    def __init__(self, n_outputs: int, stem_channels: int, growth: int, depth: int,
-                 encoder_layers: int, decoder_layers: int, decoder_channels: int,
-                 feature_channels: int):  # fmt: skip
+    def __init__(
+        self,
+        n_outputs: int,
+        stem_channels: int,
+        growth: int,
+        depth: int,
+        encoder_layers: int,
+        decoder_layers: int,
+        decoder_channels: int,
+        feature_channels: int,
+    ):
         super().__init__()
-        self.features = DenseUNet(stem_channels, growth, depth, encoder_layers, decoder_layers,
-                                  decoder_channels, feature_channels)  # fmt: skip
+        self.features = DenseUNet(
+            stem_channels,
+            growth,
+            depth,
+            encoder_layers,
+            decoder_layers,
+            decoder_channels,
+            feature_channels,
+        )
         self.attention = nn.Conv2d(feature_channels, feature_channels, 1)  # shared for i-k, i+k
         self.head = nn.Conv2d(feature_channels, n_outputs, 1)
 
