@@ -1,6 +1,10 @@
 """Entry point: score a trained model on every labelled volume of a dataset.
 
-python -m penn.evaluate ckpt=outputs/train/<run>/model.pt data.root=/path/to/dataset
+    python -m penn.evaluate ckpt=outputs/train/<run>/model.pt data.root=/path/to/dataset
+    penn evaluate -m outputs/train/<run>/model.pt -d /path/to/dataset
+
+To score a folder of masks that exist already: ``penn evaluate -p PRED_DIR -g LABEL_DIR``
+(:mod:`penn.evaluate_folder`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from penn.checkpoint import load_model
-from penn.cli import require_options
+from penn.cli import one_line_errors, require_options
 from penn.evaluation import score, segment_folder
 from penn.reports import metrics_table, write_metrics
 
@@ -43,9 +47,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     names = meta["data"]["class_names"] if cfg.data.target is None else [cfg.data.target]
     metrics = score_folder(
-        net, meta, Path(cfg.data.root), resolve_classes(cfg, meta), names, inference,
+        net,
+        meta,
+        Path(cfg.data.root),
+        resolve_classes(cfg, meta),
+        names,
+        inference,
         progress=cfg.progress,
-    )  # fmt: skip
+    )
     out = Path(cfg.paths.output_dir)
     write_metrics(out / "metrics.json", metrics)
     print(f"\n{metrics_table(metrics)}\n\nmetrics: {out / 'metrics.json'}")  # the one print
@@ -84,7 +93,8 @@ def score_folder(
 @hydra.main(version_base="1.3", config_path="pkg://penn.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     require_options(cfg, "penn evaluate")
-    evaluate(cfg)
+    with one_line_errors("penn evaluate", bool(cfg.debug)):
+        evaluate(cfg)
 
 
 if __name__ == "__main__":
