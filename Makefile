@@ -6,7 +6,7 @@ TORCH   ?= torch==2.13.0
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-full run run-lumbar sweep bench lint format clean
+.PHONY: help setup test test-full run run-lumbar sweep bench bench-accuracy lint format clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ sweep: setup ## the Fig. 6 grid of hidden layers x nodes (Hydra multirun)
 
 bench: setup ## speed benchmarks: prints a table, writes docs/results/bench.json
 	$(BIN)/python experiments/bench.py $(ARGS)
+
+bench-accuracy: setup ## trains the lumbar recipes, prints in-domain and external Dice and times
+	$(BIN)/python experiments/bench_accuracy.py $(ARGS)
 
 lint: setup ## ruff
 	$(BIN)/ruff check penn tests experiments

@@ -82,7 +82,7 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     target = str(meta["net"].get("_target_", ""))
     if not target.startswith("penn."):
         raise CheckpointError(f"{path}: refusing to build network {target!r} outside penn")
-    members = [instantiate(meta["net"]) for _ in range(meta.get("members", 1))]
+    members = [instantiate(meta["net"]) for _ in range(meta["members"])]
     net = members[0] if len(members) == 1 else Ensemble(members)
     try:
         net.load_state_dict(blob["state_dict"])
@@ -101,21 +101,23 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
 
 # keys a model file's meta must hold for a new scan to be segmented as in training
 _REQUIRED = {
+    "": ("members",),
     "net": ("_target_", "n_outputs"),
+    "model": ("level",),
     "data": ("plane", "preprocess", "patches", "classes", "class_names"),
     "data.preprocess": ("noise_threshold", "smooth_sigma", "clip_percentiles"),
     "data.patches": ("size", "stride", "rule", "threshold"),
-    "inference": ("stride", "batch_slices", "threshold", "postprocess"),
+    "inference": ("stride", "batch_slices", "threshold", "postprocess", "slice_sigma_mm"),
 }
 
 
 def model_level(meta: dict) -> str:
-    """``patch`` (patch classifier; files written before the key existed) or ``pixel``."""
-    return (meta.get("model") or {}).get("level", "patch")
+    """``patch`` (a patch classifier) or ``pixel`` (a whole-slice network)."""
+    return meta["model"]["level"]
 
 
 def _node(meta: dict, dotted: str):
-    for key in dotted.split("."):
+    for key in filter(None, dotted.split(".")):
         meta = meta[key]
     return meta
 
@@ -136,7 +138,8 @@ def check_meta(path: str | Path, meta: object) -> None:
             raise CheckpointError(f"{path}: meta has no {dotted!r} section") from None
         missing = [k for k in keys if not isinstance(node, dict) or k not in node]
         if missing:
-            raise CheckpointError(f"{path}: meta[{dotted!r}] lacks {missing}")
+            where = f"meta[{dotted!r}]" if dotted else "meta"
+            raise CheckpointError(f"{path}: {where} lacks {missing}")
     data, net, inference = meta["data"], meta["net"], meta["inference"]
     if data["plane"] not in PLANE_AXIS:
         raise CheckpointError(
@@ -168,13 +171,13 @@ def check_meta(path: str | Path, meta: object) -> None:
         )
     if expected == 1 and not isinstance(inference["threshold"], (int, float)):
         raise CheckpointError(f"{path}: binary model without a numeric inference.threshold")
-    members = meta.get("members", 1)  # files written before ensembles: one network
+    members = meta["members"]
     if not (isinstance(members, int) and members >= 1):
         raise CheckpointError(f"{path}: members must be a positive integer, got {members!r}")
     if not (isinstance(inference["stride"], int) and inference["stride"] >= 1):
         raise CheckpointError(
             f"{path}: inference.stride must be a positive integer, got {inference['stride']!r}"
         )
-    sigma = inference.get("slice_sigma_mm", 0.0)  # files written before it: none
+    sigma = inference["slice_sigma_mm"]
     if isinstance(sigma, bool) or not (isinstance(sigma, (int, float)) and sigma >= 0):
         raise CheckpointError(f"{path}: inference.slice_sigma_mm must be >= 0, got {sigma!r}")

@@ -14,7 +14,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from penn.balance import class_counts, undersample
@@ -67,8 +66,13 @@ class SplitVolumes:
         return [v.spacing[PLANE_AXIS[plane]] for v in self.volumes]
 
 
-def split_cases(names: list[str], val_fraction: float, test_fraction: float, seed: int,
-                strata: list[bool] | None = None):  # fmt: skip
+def split_cases(
+    names: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    strata: list[bool] | None = None,
+):
     """Splits case names into (train, val, test) by volume with a seeded permutation.
 
     Val and test each get at least one volume. With ``strata`` (e.g. "holds the target class"),
@@ -154,21 +158,21 @@ class PatchDataset(Dataset):
             (:func:`penn.patches.pad_slices`); ``index`` counts in the padded slices.
         context_dilation: d > 0: each patch also gets its context patch as a second channel
             (:mod:`penn.context`), cut from :meth:`context_volume`; 0: the patch alone.
-        target_masks: per volume, (S, H, W) bool masks of the target on the slices' grid, for
-            the augmentation's ``target_contrast`` (:func:`augment_patches`); None: not used.
-        target_sigma: in-plane Gaussian sigma (px) that softens those masks' edges, as the
-            preprocessing softened the image's.
     """
 
-    def __init__(self, slices, index, targets, patch_size: int, augment: dict | None,
-                 pad: tuple[int, int] = (0, 0), context_dilation: int = 0,
-                 target_masks=None, target_sigma: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        slices,
+        index,
+        targets,
+        patch_size: int,
+        augment: dict | None,
+        pad: tuple[int, int] = (0, 0),
+        context_dilation: int = 0,
+    ):
         self.slices, self.index, self.targets = slices, index, targets
         self.patch_size, self.augment, self.pad = patch_size, augment, tuple(pad)
         self.context_dilation = int(context_dilation)
-        self.target_masks, self.target_sigma = target_masks, float(target_sigma)
-        if augment and augment.get("target_contrast") and target_masks is None:
-            raise ValueError("data.augment.target_contrast needs the target masks of the slices")
         self._offsets: dict[tuple[int, int], np.ndarray] = {}
         self._flat: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
@@ -203,33 +207,6 @@ class PatchDataset(Dataset):
             lambda x: context_image(torch.from_numpy(x)[:, None], d, n)[:, 0].numpy(),
         )
 
-    def target_volume(self, vol: int) -> np.ndarray:
-        """The target's part of volume ``vol``'s slices: slices x softened mask, padded."""
-        return self._cached("target", vol, lambda x: pad_slices(self._target_part(vol, x),
-                                                                 *self.pad))  # fmt: skip
-
-    def target_context_volume(self, vol: int) -> np.ndarray:
-        """The context image of :meth:`target_volume` (the context is linear in the slice)."""
-        d, n = self.context_dilation, self.patch_size
-        return self._cached(
-            "target_context",
-            vol,
-            lambda x: context_image(torch.from_numpy(self._target_part(vol, x))[:, None], d, n)[
-                :, 0
-            ].numpy(),
-        )
-
-    def _target_part(self, vol: int, slices: np.ndarray) -> np.ndarray:
-        mask = np.asarray(self.target_masks[vol], np.float32)
-        if self.target_sigma > 0:
-            mask = gaussian_filter(mask, (0, self.target_sigma, self.target_sigma), truncate=3.0)
-        return slices * mask
-
-    def target_sources(self) -> list[tuple[str, int, int]]:
-        """Per input channel, where its target part is cut from (as :meth:`sources`)."""
-        kinds = {"patch": "target", "context": "target_context"}
-        return [(kinds[kind], shift, step) for kind, shift, step in self.sources()]
-
     def sources(self) -> list[tuple[str, int, int]]:
         """Per channel: (kind, shift, step). A patch's channel is the n x n values ``step``
         pixels apart from (y + shift, x + shift) of that kind's volume, (y, x) its index row.
@@ -245,22 +222,15 @@ class PatchDataset(Dataset):
         return out
 
     def source(self, kind: str, vol: int) -> np.ndarray:
-        """The array that channels of ``kind`` (``patch``, ``context``, ``target``,
-        ``target_context``) are cut from."""
-        make = {
-            "patch": self.volume,
-            "context": self.context_volume,
-            "target": self.target_volume,
-            "target_context": self.target_context_volume,
-        }
-        return make[kind](vol)
+        """The array that channels of ``kind`` (``patch`` or ``context``) are cut from."""
+        return self.volume(vol) if kind == "patch" else self.context_volume(vol)
 
     def _cut(self, vol: int, rows: np.ndarray, sources=None) -> np.ndarray:
         """Patches (k, C, n, n) of one volume: one ``np.take`` per channel from its flat slices.
 
         Channel 0 holds the same values as :func:`penn.patches.gather_patches`; the n x n
         offsets of each row length and step are computed once. ``sources``: the channels'
-        sources (default :meth:`sources`; :meth:`target_sources` cuts their target parts).
+        sources (default :meth:`sources`).
         """
         out = []
         for kind, shift, step in sources or self.sources():
@@ -290,17 +260,11 @@ class PatchDataset(Dataset):
                 patches[sel] = self._cut(int(vol), rows[sel], sources)
         return torch.from_numpy(patches)
 
-    @property
-    def scales_target(self) -> bool:
-        """Whether the augmentation scales the target's intensity (``target_contrast``)."""
-        return bool(self.augment and self.augment.get("target_contrast"))
-
     def __getitems__(self, indices: list[int]) -> PatchBatch:
         indices = np.asarray(indices)
         x = self.patches(indices)
         if self.augment:
-            target = self.patches(indices, self.target_sources()) if self.scales_target else None
-            x = augment_patches(x, self.augment, target=target)
+            x = augment_patches(x, self.augment)
         y = torch.from_numpy(self.targets[indices].astype(np.int64))
         return PatchBatch((x, y))
 
@@ -309,25 +273,15 @@ class PatchDataset(Dataset):
         return x[0], y[0]
 
 
-def augment_patches(x: torch.Tensor, augment: dict, generator: torch.Generator | None = None,
-                    target: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-    """Per-patch target contrast, gamma, contrast scale, noise and optional flips.
+def augment_patches(
+    x: torch.Tensor, augment: dict, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Per-patch gamma, contrast scale, noise and optional flips.
 
     ``x`` (B, C, n, n) on any device (a patch's channels share its gamma, scale and flips);
     random draws from ``generator`` (on that device) or, by default, torch's global generator.
-    With ``augment["target_contrast"]`` = (lo, hi), ``target`` holds the target's part of each
-    channel (the slice x the softened target mask, :meth:`PatchDataset.target_sources`), and the
-    target's intensity is first multiplied by a factor drawn per patch, log-uniform in
-    [lo, hi]: a lesion / marrow ratio c becomes about c x f, so the network also meets lesions
-    dimmer and brighter than those of the training scans.
     """
     n, dev, g = x.shape[0], x.device, generator
-    if augment.get("target_contrast"):
-        if target is None:
-            raise ValueError("data.augment.target_contrast needs the target part of the patches")
-        t0, t1 = augment["target_contrast"]
-        f = torch.empty(n, 1, 1, 1, device=dev).uniform_(np.log(t0), np.log(t1), generator=g)
-        x = x + (f.exp() - 1.0) * target
     g0, g1 = augment["gamma"]
     s0, s1 = augment["scale"]
     gamma = torch.empty(n, 1, 1, 1, device=dev).uniform_(np.log(g0), np.log(g1), generator=g).exp()
@@ -358,9 +312,16 @@ class DevicePatchLoader:
     drawn per yielded batch, so its random values differ).
     """
 
-    def __init__(self, dataset: PatchDataset, sampler: Sampler, batch_size: int,
-                 device: torch.device, seed: int, drop_last: bool = True,
-                 steps_per_batch: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        dataset: PatchDataset,
+        sampler: Sampler,
+        batch_size: int,
+        device: torch.device,
+        seed: int,
+        drop_last: bool = True,
+        steps_per_batch: int = 1,
+    ):
         if steps_per_batch > 1 and not drop_last:
             raise ValueError("steps_per_batch > 1 needs whole batches (drop_last=True)")
         self.dataset, self.sampler, self.batch_size = dataset, sampler, batch_size
@@ -369,10 +330,6 @@ class DevicePatchLoader:
         # the (volume, slice, y, x) rows as they are (on the CPU: the dataset's own array)
         self.index = torch.from_numpy(np.ascontiguousarray(dataset.index)).to(self.device)
         self.channels = self._flat_sources(dataset, dataset.sources())
-        # the target's part of every channel, for the augmentation's target_contrast
-        self.target_channels = (
-            self._flat_sources(dataset, dataset.target_sources()) if dataset.scales_target else []
-        )
         self.targets = torch.from_numpy(dataset.targets.astype(np.int64)).to(self.device)
         self.steps = torch.arange(dataset.patch_size, device=self.device)
 
@@ -385,8 +342,9 @@ class DevicePatchLoader:
             base = np.concatenate([[0], np.cumsum(shapes.prod(axis=1))[:-1]])
             geometry = np.stack([base, shapes[:, 1], shapes[:, 2]], axis=1)
             flat = torch.from_numpy(np.concatenate([s.reshape(-1) for s in volumes]))
-            out.append((flat.to(self.device), torch.from_numpy(geometry).to(self.device),
-                        shift, step))  # fmt: skip
+            out.append(
+                (flat.to(self.device), torch.from_numpy(geometry).to(self.device), shift, step)
+            )
         return out
 
     def _cut(self, rows: torch.Tensor, flat, geometry, shift: int, step: int) -> torch.Tensor:
@@ -417,10 +375,7 @@ class DevicePatchLoader:
             rows = order[start : min(start + rows_per_batch, end)]
             x = self._cut_channels(rows, self.channels)
             if augment:
-                target = (
-                    self._cut_channels(rows, self.target_channels) if self.target_channels else None
-                )
-                x = augment_patches(x, augment, generator, target=target)
+                x = augment_patches(x, augment, generator)
             yield x, self.targets[rows]
 
     def _cut_channels(self, rows: torch.Tensor, channels) -> torch.Tensor:
@@ -513,6 +468,9 @@ class PatchDataModule(L.LightningDataModule):
         loader: ``batch_size``, ``num_workers``, ``pin_memory``, ``max_eval_patches``.
         external: a labelled collection (``name``, ``root``) that ``penn.run`` scores the trained
             model on after the test split (:mod:`penn.external`); not read by the data module.
+        extra_train: roots of further labelled collections (the nnU-Net raw layout, the same
+            label values) whose every case joins the training split; validation and test stay
+            ``root``'s. Case names must not repeat across collections.
     """
 
     def __init__(
@@ -531,9 +489,11 @@ class PatchDataModule(L.LightningDataModule):
         augment,
         loader,
         external=None,
+        extra_train=(),
     ):
         super().__init__()
         self.name, self.root, self.external = name, Path(root), external
+        self.extra_train = [Path(r) for r in extra_train or ()]
         self.phantom, self.plane, self.target, self.targets = phantom, plane, target, targets
         self.patch_cfg, self.balance_ratio, self.split_cfg = patches, balance_ratio, split
         self.resample_each_epoch = resample_each_epoch
@@ -607,6 +567,24 @@ class PatchDataModule(L.LightningDataModule):
             self.splits[name] = SplitVolumes(
                 *map(list, zip(*(by_name[m] for m in members), strict=True))
             )
+        for root in self.extra_train:
+            self._add_training_collection(root, labels_map, set(by_name))
+
+    def _add_training_collection(self, root: Path, labels_map: dict[str, int], seen: set[str]):
+        """Every case of ``root`` joins the training split (``extra_train``)."""
+        path = root / "dataset.json"
+        theirs = {k: int(v) for k, v in read_dataset_json(root)["labels"].items()}
+        if theirs != labels_map:
+            raise DataError(f"{path}: labels {theirs} differ from {self.root}'s {labels_map}")
+        extra = self._load(list_cases(root), sorted(labels_map.values()))
+        repeated = sorted(seen & set(extra.names))
+        if repeated:
+            raise DataError(f"{root}: case names {repeated} repeat those of another collection")
+        seen |= set(extra.names)
+        train = self.splits["train"]
+        for field in ("volumes", "slices", "labels"):
+            getattr(train, field).extend(getattr(extra, field))
+        log.info("training split: %d more cases from %s", len(extra.names), root)
 
     def _strata(self, labels: list[np.ndarray]) -> list[bool]:
         """Per volume, whether it holds the target: the split is stratified by this."""
@@ -644,8 +622,9 @@ class PatchDataModule(L.LightningDataModule):
 
     def preprocess(self, image: np.ndarray, voxel_spacing) -> np.ndarray:
         """A canonical volume's preprocessed (S, H', W') slices on the working grid."""
-        return preprocess_volume(image, self.plane, voxel_spacing=voxel_spacing,
-                                 **self.preprocess_cfg)  # fmt: skip
+        return preprocess_volume(
+            image, self.plane, voxel_spacing=voxel_spacing, **self.preprocess_cfg
+        )
 
     def working_labels(self, labels: np.ndarray, voxel_spacing) -> np.ndarray:
         """A canonical label volume's (S, H', W') slices on the working grid (nearest)."""
@@ -674,9 +653,13 @@ class PatchDataModule(L.LightningDataModule):
         """Patch classes of one volume's (S, H, W) labels on the training grid (padded slices)."""
         p = self.patch_cfg
         return label_patches(
-            pad_slices(labels, *self.pad), self.classes, p["size"], p["stride"], p["rule"],
+            pad_slices(labels, *self.pad),
+            self.classes,
+            p["size"],
+            p["stride"],
+            p["rule"],
             p["threshold"],
-        )  # fmt: skip
+        )
 
     def _index(self, split: SplitVolumes) -> tuple[np.ndarray, np.ndarray]:
         """All patch positions of a split as (N, 4) rows (volume, slice, y, x) and their classes."""
@@ -703,14 +686,15 @@ class PatchDataModule(L.LightningDataModule):
                 "patches (slices smaller than a patch?)"
             )
         augment = self.augment if name == "train" else None
-        masks = None
-        if augment and augment.get("target_contrast"):
-            values = [v for cls in self.classes for v in cls]
-            masks = [np.isin(labels, values) for labels in split.labels]
-        sigma = self.preprocess_cfg.get("smooth_sigma") or 0.0
-        return PatchDataset(split.slices, index, targets, self.patch_cfg["size"], augment,
-                            pad=self.pad, context_dilation=self.context_dilation,
-                            target_masks=masks, target_sigma=sigma)  # fmt: skip
+        return PatchDataset(
+            split.slices,
+            index,
+            targets,
+            self.patch_cfg["size"],
+            augment,
+            pad=self.pad,
+            context_dilation=self.context_dilation,
+        )
 
     def _balanced_sampler(self, dataset: PatchDataset) -> BalancedSampler:
         """Training sampler (paper step 4, T1MRI); logs the class counts before and after."""
@@ -750,9 +734,14 @@ class PatchDataModule(L.LightningDataModule):
         if train and cfg.get("on_device"):
             device = self._training_device()
             log.info("training patches cut and augmented on %s", device)
-            return DevicePatchLoader(dataset, sampler, cfg["batch_size"], device,
-                                     self.stream_seed,
-                                     steps_per_batch=cfg.get("steps_per_batch", 1))  # fmt: skip
+            return DevicePatchLoader(
+                dataset,
+                sampler,
+                cfg["batch_size"],
+                device,
+                self.stream_seed,
+                steps_per_batch=cfg.get("steps_per_batch", 1),
+            )
         return PatchLoader(
             dataset,
             batch_size=cfg["batch_size"],

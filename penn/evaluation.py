@@ -69,10 +69,17 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict | None = None,
-                    device: torch.device | str | None = None, progress: bool = True,
-                    patches: bool = True, shapes: list[tuple[int, int]] | None = None,
-                    slice_spacings: list[float] | None = None) -> list[Prediction]:  # fmt: skip
+def predict_volumes(
+    net,
+    slices: list[np.ndarray],
+    inference: dict,
+    model: dict | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    patches: bool = True,
+    shapes: list[tuple[int, int]] | None = None,
+    slice_spacings: list[float] | None = None,
+) -> list[Prediction]:
     """Dense probabilities for each volume's (S, H, W) slices.
 
     Args:
@@ -97,7 +104,7 @@ def predict_volumes(net, slices: list[np.ndarray], inference: dict, model: dict 
     if shapes is not None:
         for pred, shape in zip(predictions, shapes, strict=True):
             pred.probs = resize_in_plane(pred.probs, shape, order=1)
-    sigma = float(inference.get("slice_sigma_mm", 0.0))  # files saved before it: none
+    sigma = float(inference.get("slice_sigma_mm", 0.0))
     if sigma > 0:
         if slice_spacings is None:
             raise ValueError(
@@ -196,8 +203,9 @@ def calibrate(predictions: list[Prediction], truths: list[np.ndarray], inference
     return threshold, {"method": "grid", "val_pooled_dice": dice}
 
 
-def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
-                       inference: dict) -> tuple[float | None, int, dict]:  # fmt: skip
+def calibrate_decision(
+    predictions: list[Prediction], truths: list[np.ndarray], inference: dict
+) -> tuple[float | None, int, dict]:
     """The decision threshold and post-processing ``min_size``, chosen on validation.
 
     ``inference.calibration.method``: ``joint`` searches every (threshold, min_size) pair of the
@@ -264,9 +272,16 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
     # voxels), dropping them raised validation Dice 57 times in 58
     i, j = min(np.argwhere(dice == dice.max()).tolist(), key=lambda ij: (-sizes[ij[1]], ij[0]))
     threshold, min_size = float(grid[i]), sizes[j]
-    log.info("calibrated threshold %.3f and min_size %d together on validation (%s pixel Dice "
-             "%.4f, pooled %.4f, mean per volume %.4f)", threshold, min_size, objective,
-             dice[i, j], pooled[i, j], mean[i, j])  # fmt: skip
+    log.info(
+        "calibrated threshold %.3f and min_size %d together on validation (%s pixel Dice "
+        "%.4f, pooled %.4f, mean per volume %.4f)",
+        threshold,
+        min_size,
+        objective,
+        dice[i, j],
+        pooled[i, j],
+        mean[i, j],
+    )
     per_size = {m: float(dice[:, k].max()) for k, m in enumerate(sizes)}
     return (
         threshold,
@@ -285,8 +300,12 @@ def calibrate_decision(predictions: list[Prediction], truths: list[np.ndarray],
     )
 
 
-def calibrate_min_size(predictions: list[Prediction], truths: list[np.ndarray],
-                       threshold: float | None, inference: dict) -> tuple[int, dict]:  # fmt: skip
+def calibrate_min_size(
+    predictions: list[Prediction],
+    truths: list[np.ndarray],
+    threshold: float | None,
+    inference: dict,
+) -> tuple[int, dict]:
     """The post-processing ``min_size`` with the best pooled validation Dice.
 
     The candidates are ``inference.calibration.min_sizes`` (3D connected components smaller than
@@ -323,10 +342,17 @@ def calibrate_min_size(predictions: list[Prediction], truths: list[np.ndarray],
     return best, {"min_size": best, "method": "grid", "val_pooled_dice": dice}
 
 
-def score(predictions: list[Prediction], labels: list[np.ndarray], classes: list[list[int]],
-          class_names: list[str], patches: dict, inference: dict, threshold: float | None,
-          stage: str, patch_labels: list[np.ndarray] | None = None,
-          ) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+def score(
+    predictions: list[Prediction],
+    labels: list[np.ndarray],
+    classes: list[list[int]],
+    class_names: list[str],
+    patches: dict,
+    inference: dict,
+    threshold: float | None,
+    stage: str,
+    patch_labels: list[np.ndarray] | None = None,
+) -> tuple[dict[str, float], list[dict]]:
     """Thresholds, post-processes and scores predictions against raw label maps.
 
     Args:
@@ -411,7 +437,7 @@ def segment_folder(
         net,
         slices,
         inference,
-        meta.get("model"),
+        meta["model"],
         progress=progress,
         shapes=[lab.shape[1:] for lab in labels],
         slice_spacings=[v.spacing[PLANE_AXIS[plane]] for v in volumes],

@@ -43,9 +43,15 @@ class LesionSampler(BalancedSampler):
         others: as :class:`~penn.datamodule.BalancedSampler`.
     """
 
-    def __init__(self, targets: np.ndarray, majority_fraction: float, seed: int,
-                 resample: bool, min_class_fraction: float,
-                 refresh: Callable[[int], None]):  # fmt: skip
+    def __init__(
+        self,
+        targets: np.ndarray,
+        majority_fraction: float,
+        seed: int,
+        resample: bool,
+        min_class_fraction: float,
+        refresh: Callable[[int], None],
+    ):
         self.min_class_fraction, self.refresh = float(min_class_fraction), refresh
         super().__init__(targets, majority_fraction, seed, resample)
 
@@ -202,11 +208,6 @@ class LesionDataModule(_LesionMixin, PatchDataModule):
             self._train_targets[:] = self._index(self.splits["train"])[1]
 
     def _dataset(self, name: str) -> PatchDataset:
-        if name == "train" and self.augment and self.augment.get("target_contrast"):
-            raise ValueError(
-                "data.augment.target_contrast: the lesion benchmark implants new lesions every "
-                "epoch, which the masks it scales would not follow; set it to null"
-            )
         dataset = super()._dataset(name)
         if name == "train":
             self._train_targets = dataset.targets

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from penn.io import DataError, list_cases, read_case, read_dataset_json, write_json, write_nifti
 from penn.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
@@ -43,8 +44,7 @@ def _check_output(source: Path, out: Path) -> None:
             raise DataError(f"{out}: not empty and not a lesion dataset; refusing to write there")
 
 
-def write_lesion_dataset(source: str | Path, out: str | Path, spec: LesionSpec,
-                         seed: int) -> Path:  # fmt: skip
+def write_lesion_dataset(source: str | Path, out: str | Path, spec: LesionSpec, seed: int) -> Path:
     """Writes the source scans with implanted lesions in the nnU-Net raw layout.
 
     Each case gets the lesions of ``lesion_rng(seed, name)``, the same as the fixed validation
@@ -78,7 +78,7 @@ def _write_cases(source: Path, out: Path, meta: dict, spec: LesionSpec, seed: in
     """Writes every case of ``source`` with its lesions into ``out``, then ``dataset.json``."""
     allowed = sorted(int(v) for v in meta["labels"].values())
     cases, lesions = list_cases(source), {}
-    for case in cases:
+    for case in tqdm(cases, desc="lesions", unit="scan"):
         volume = read_case(case, allowed)
         image, labels, records = implant_lesions(
             volume.image, volume.labels, volume.spacing, spec, lesion_rng(seed, case.name)

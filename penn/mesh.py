@@ -1,7 +1,8 @@
 """Surface meshes of segmented classes in scanner (RAS, mm) coordinates, as binary PLY or STL.
 
 Both formats are a short header plus packed little-endian records, written here with numpy so
-that no mesh library is needed.
+that no mesh library is needed. Every header starts with ``SPACE=RAS``, the marker 3D Slicer reads
+to place a mesh (without it Slicer assumes LPS and mirrors the mesh left-right and front-back).
 """
 
 from __future__ import annotations
@@ -9,11 +10,15 @@ from __future__ import annotations
 import numpy as np
 from skimage import measure
 
-__all__ = ["surface_mesh", "ply_bytes", "stl_bytes", "mesh_bytes", "FORMATS"]
+__all__ = ["surface_mesh", "ply_bytes", "stl_bytes", "mesh_bytes", "FORMATS", "SPACE"]
+
+#: the coordinate-system marker of every header (3D Slicer's convention): vertices are RAS mm
+SPACE = "SPACE=RAS"
 
 
-def surface_mesh(mask: np.ndarray, affine: np.ndarray,
-                 step_size: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def surface_mesh(
+    mask: np.ndarray, affine: np.ndarray, step_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Marching-cubes surface of a binary mask, mapped to world coordinates.
 
     The mask is padded with one empty voxel on every side so that surfaces touching the volume's
@@ -49,6 +54,7 @@ def ply_bytes(vertices: np.ndarray, faces: np.ndarray, comment: str = "penn") ->
     """Binary little-endian PLY: float32 x, y, z per vertex, a uchar-counted int32 list per face."""
     header = (
         "ply\nformat binary_little_endian 1.0\n"
+        f"comment {SPACE}\n"
         f"comment {comment}\n"
         f"element vertex {len(vertices)}\n"
         "property float x\nproperty float y\nproperty float z\n"
@@ -70,9 +76,8 @@ def stl_bytes(vertices: np.ndarray, faces: np.ndarray, comment: str = "penn") ->
         len(faces), dtype=[("normal", "<f4", (3,)), ("v", "<f4", (3, 3)), ("attr", "<u2")]
     )
     records["normal"], records["v"] = normals, triangles
-    header = comment.encode("ascii")[:80].ljust(80, b" ")
-    if header.startswith(b"solid"):  # an ASCII-STL marker would mislead readers
-        header = b"penn " + header[:75]
+    # starts with SPACE=, never with "solid" (the ASCII-STL marker would mislead readers)
+    header = f"{SPACE} {comment}".encode("ascii")[:80].ljust(80, b" ")
     return header + np.uint32(len(faces)).astype("<u4").tobytes() + records.tobytes()
 
 

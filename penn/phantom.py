@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +423,7 @@ def _write_all(out: Path, spec: PhantomSpec, meta: dict) -> None:
     (out / "imagesTr").mkdir()
     (out / "labelsTr").mkdir()
     n, cases = meta["n_volumes"], []
-    for i in range(n):
+    for i in tqdm(range(n), desc="phantom", unit="scan", leave=False):
         case = f"phantom_{i:0{max(3, len(str(n - 1)))}d}"
         image, labels = generate_volume(spec, np.random.default_rng([meta["seed"], i]))
         entry = {

@@ -1,5 +1,6 @@
 """Entry point: segment new scans with a model file and write masks, reports, overlays, meshes.
 
+    python -m penn.predict input=scan.nii.gz output=results      # the model penn ships
     python -m penn.predict ckpt=outputs/train/<run>/model.pt input=scan.nii.gz output=results
     python -m penn.predict ckpt=model.pt input=scans/ output=results mesh.format=stl
     penn predict ckpt=model.pt input=dicom/series1 output=results write_probabilities=true
@@ -15,12 +16,13 @@ import sys
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from penn.checkpoint import load_model
-from penn.cli import require_options
+from penn.cli import one_line_errors, require_options
 from penn.clinical import csv_bytes, report_row
 from penn.evaluation import class_map, default_device
 from penn.io import DataError, write_atomic_bytes
@@ -35,6 +37,7 @@ from penn.prediction import (
     segment_volume,
     write_scan,
 )
+from penn.weights import shipped_model
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,21 @@ def check_settings(settings: dict) -> None:
             "labels= and vertebrae= belong to a single input file, "
             f"but input={settings['input']} is a folder"
         )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
+
+    Raises:
+        PredictError: an unknown name, or ``cuda`` without a GPU.
+    """
+    if name == "auto":
+        return default_device()
+    if name not in ("cpu", "cuda"):
+        raise PredictError(f"device={name!r}: use auto, cpu or cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PredictError("device=cuda: no CUDA GPU is available")
+    return torch.device(name)
 
 
 def results_table(reports: list[dict], class_names: list[str]) -> str:
@@ -92,11 +110,13 @@ def predict(cfg: DictConfig) -> list[dict]:
     check_settings(settings)
     scans = list_scans(settings["input"])
     out = check_output(settings["input"], settings["output"])
+    if settings["ckpt"] is None:
+        settings["ckpt"] = str(shipped_model())
     net, meta = load_model(settings["ckpt"])
     data = meta["data"]
     inference = dict(meta["inference"])
     inference.update({k: v for k, v in settings["inference"].items() if v is not None})
-    device = default_device()
+    device = resolve_device(settings["device"])
     net = net.to(device)
     reports, failures = [], []
     quiet = not settings["progress"] or len(scans) < 2
@@ -112,7 +132,8 @@ def predict(cfg: DictConfig) -> list[dict]:
                 log.error("skipped %s: %s", scan.path, err)
                 failures.append(str(err))
                 continue
-            result = segment_volume(net, volume, data, inference, device, meta.get("model"))
+            one = settings["progress"] and len(scans) == 1  # a bar over its slices instead
+            result = segment_volume(net, volume, data, inference, device, meta["model"], one)
             truth = None if volume.labels is None else class_map(volume.labels, data["classes"])
             report = build_report(
                 scan, volume, result[1], data["class_names"], vertebrae, settings["report"]
@@ -125,6 +146,7 @@ def predict(cfg: DictConfig) -> list[dict]:
                 result,
                 truth,
                 report,
+                data["classes"],
                 data["class_names"],
                 data["plane"],
                 settings,
@@ -143,7 +165,8 @@ def predict(cfg: DictConfig) -> list[dict]:
 @hydra.main(version_base="1.3", config_path="pkg://penn.conf", config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
     require_options(cfg, "penn predict")
-    predict(cfg)
+    with one_line_errors("penn predict", bool(cfg.debug)):
+        predict(cfg)
 
 
 def main() -> None:

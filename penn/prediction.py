@@ -52,6 +52,9 @@ __all__ = [
     "segment_volume",
     "build_report",
     "write_scan",
+    "label_values",
+    "mask_dtype",
+    "colour_tables",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,11 +172,19 @@ def read_mask(path: str | Path, volume: Volume) -> np.ndarray:
     return array != 0
 
 
-def segment_volume(net, volume: Volume, data: dict, inference: dict, device,
-                   model: dict | None = None) -> tuple:  # fmt: skip
+def segment_volume(
+    net,
+    volume: Volume,
+    data: dict,
+    inference: dict,
+    device,
+    model: dict | None = None,
+    progress: bool = False,
+) -> tuple:
     """Segments one canonical volume as at training time (preprocessing, plane, threshold).
 
-    ``model`` is the model file's ``level`` / ``context_offset`` (None: a patch classifier).
+    ``model`` is the model file's ``level`` / ``context_offset`` (None: a patch classifier);
+    ``progress`` shows a bar over the volume's slices.
 
     A model trained at an in-plane spacing (``data.preprocess.spacing``) sees the scan
     resampled to it, and its probabilities are resampled back to the scan's grid.
@@ -185,20 +196,34 @@ def segment_volume(net, volume: Volume, data: dict, inference: dict, device,
     """
     plane = data["plane"]
     grid = slice_grid(volume.image.shape, volume.spacing, plane, data["preprocess"].get("spacing"))
-    slices = preprocess_volume(volume.image, plane, voxel_spacing=volume.spacing,
-                               **data["preprocess"])  # fmt: skip
+    slices = preprocess_volume(
+        volume.image, plane, voxel_spacing=volume.spacing, **data["preprocess"]
+    )
     spacing = volume.spacing[PLANE_AXIS[plane]]  # between slices
-    probs = predict_volumes(net, [slices], inference, model, device, progress=False,
-                            patches=False, shapes=[grid.native],
-                            slice_spacings=[spacing])[0].probs  # fmt: skip
+    probs = predict_volumes(
+        net,
+        [slices],
+        inference,
+        model,
+        device,
+        progress=progress,
+        patches=False,
+        shapes=[grid.native],
+        slice_spacings=[spacing],
+    )[0].probs
     slices = grid.to_native(slices, order=1)
     labels = postprocess(decide(probs, inference["threshold"]), **inference["postprocess"])
     per_class = probs[:, 0] if probs.shape[1] == 1 else np.moveaxis(probs, 1, -1)
     return slices, from_slices(labels, plane), from_slices(per_class, plane).astype(np.float32)
 
 
-def _levels(labels: np.ndarray, volume: Volume, class_names: list[str],
-            vertebrae: np.ndarray | None, cfg: dict) -> tuple[np.ndarray | None, str]:  # fmt: skip
+def _levels(
+    labels: np.ndarray,
+    volume: Volume,
+    class_names: list[str],
+    vertebrae: np.ndarray | None,
+    cfg: dict,
+) -> tuple[np.ndarray | None, str]:
     """Numbered vertebral bodies from the model's vertebra class or a given mask, and the source."""
     name = cfg["vertebra_class"]
     if name in class_names:
@@ -215,8 +240,14 @@ def _levels(labels: np.ndarray, volume: Volume, class_names: list[str],
     return bodies, source
 
 
-def build_report(scan: Scan, volume: Volume, labels: np.ndarray, class_names: list[str],
-                 vertebrae: np.ndarray | None, cfg: dict) -> dict:  # fmt: skip
+def build_report(
+    scan: Scan,
+    volume: Volume,
+    labels: np.ndarray,
+    class_names: list[str],
+    vertebrae: np.ndarray | None,
+    cfg: dict,
+) -> dict:
     """The scan's report: class volumes, tumour lesions and the vertebral levels they touch.
 
     Args:
@@ -260,8 +291,15 @@ def build_report(scan: Scan, volume: Volume, labels: np.ndarray, class_names: li
     }
 
 
-def _write_overlays(folder: Path, name: str, slices: np.ndarray, labels: np.ndarray,
-                    truth: np.ndarray | None, plane: str, count: int) -> list[str]:  # fmt: skip
+def _write_overlays(
+    folder: Path,
+    name: str,
+    slices: np.ndarray,
+    labels: np.ndarray,
+    truth: np.ndarray | None,
+    plane: str,
+    count: int,
+) -> list[str]:
     pred = to_slices(labels, plane)
     truth_slices = None if truth is None else to_slices(truth, plane)
     reference = truth_slices if truth_slices is not None and truth_slices.any() else pred
@@ -274,20 +312,75 @@ def _write_overlays(folder: Path, name: str, slices: np.ndarray, labels: np.ndar
     return files
 
 
-def write_scan(out: Path, scan: Scan, volume: Volume, result: tuple, truth: np.ndarray | None,
-               report: dict, class_names: list[str], plane: str, cfg: dict) -> Path:  # fmt: skip
+#: colours of the classes in the colour tables, by class name (others: :data:`_PALETTE`)
+_COLOURS = {"vertebra": (241, 214, 145), "tumor": (216, 101, 79)}
+_PALETTE = [(128, 174, 128), (111, 184, 210), (220, 245, 20), (183, 156, 220), (250, 250, 210)]
+
+
+def label_values(classes: list[list[int]]) -> list[int]:
+    """The value each class is written with in the mask: its first label value in the training
+    data (``dataset.json`` of the training data, kept in the model file), so a tumour labelled 2
+    there is 2 in the mask too."""
+    return [int(values[0]) for values in classes]
+
+
+def mask_dtype(lut: np.ndarray) -> type:
+    """The on-disk type of a mask holding the values of ``lut``: uint8, or uint16 past 255."""
+    return np.uint8 if int(lut.max()) < 256 else np.uint16
+
+
+def colour_tables(values: list[int], class_names: list[str]) -> dict[str, bytes]:
+    """The mask's colour table for 3D Slicer (``mask.ctbl``) and its ITK-SNAP label
+    description file (``mask_itksnap.txt``): segment names and colours by label value."""
+    colours = [
+        _COLOURS.get(name, _PALETTE[k % len(_PALETTE)]) for k, name in enumerate(class_names)
+    ]
+    slicer = ["# penn colour table: label value, name, R G B A", "0 background 0 0 0 0"]
+    itksnap = [
+        "# ITK-SnAP Label Description File",
+        "# IDX   -R-  -G-  -B-  -A--  VIS MSH  LABEL",
+        '    0     0    0    0     0  0  0    "Clear Label"',
+    ]
+    for value, name, (r, g, b) in zip(values, class_names, colours, strict=True):
+        slicer.append(f"{value} {name} {r} {g} {b} 255")
+        itksnap.append(f'{value:5d} {r:5d} {g:4d} {b:4d}     1  1  1    "{name}"')
+    return {
+        "mask.ctbl": ("\n".join(slicer) + "\n").encode(),
+        "mask_itksnap.txt": ("\n".join(itksnap) + "\n").encode(),
+    }
+
+
+def write_scan(
+    out: Path,
+    scan: Scan,
+    volume: Volume,
+    result: tuple,
+    truth: np.ndarray | None,
+    report: dict,
+    classes: list[list[int]],
+    class_names: list[str],
+    plane: str,
+    cfg: dict,
+) -> Path:
     """Writes every output of one scan to ``out/NAME/`` (replacing an earlier result whole).
 
     Args:
         result: (slices, labels, probabilities) from :func:`segment_volume`.
         truth: canonical truth class map for the overlays, or None.
+        classes: per class, its label values in the training data; the mask holds the first.
         cfg: the predict config (``write_probabilities``, ``overlays``, ``mesh``).
     """
     slices, labels, probs = result
+    values = label_values(classes)
+    lut = np.array([0, *values], dtype=np.uint16)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{scan.name}."))
     try:
-        files = {"mask": write_nifti(tmp / "mask.nii.gz", labels, volume).name}
+        mask = write_nifti(tmp / "mask.nii.gz", lut[labels], volume, dtype=mask_dtype(lut))
+        files = {"mask": mask.name}
+        tables = colour_tables(values, class_names)
+        for key, name in (("colour_table", "mask.ctbl"), ("itksnap_labels", "mask_itksnap.txt")):
+            files[key] = write_atomic_bytes(tmp / name, tables[name]).name
         if cfg["write_probabilities"]:
             files["probabilities"] = write_nifti(
                 tmp / "probabilities.nii.gz", probs, volume, dtype=np.float32
@@ -303,7 +396,7 @@ def write_scan(out: Path, scan: Scan, volume: Volume, result: tuple, truth: np.n
                     files["meshes"][name] = None
                     continue
                 fmt = cfg["mesh"]["format"]
-                payload = mesh_bytes(verts, faces, fmt, f"penn {scan.name} {name} RAS mm")
+                payload = mesh_bytes(verts, faces, fmt, f"penn {scan.name} {name} mm")
                 files["meshes"][name] = write_atomic_bytes(tmp / f"mesh_{name}.{fmt}", payload).name
         write_json(tmp / "report.json", {**report, "files": files})
         write_atomic_bytes(tmp / "report.csv", csv_bytes([report_row(report)]))

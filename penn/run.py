@@ -30,13 +30,14 @@ from omegaconf import DictConfig, OmegaConf
 from penn.checkpoint import save_model
 from penn.evaluation import calibrate_decision, class_map, predict_volumes, score
 from penn.external import evaluate_external
-from penn.io import write_atomic_bytes, write_json
+from penn.io import write_atomic_bytes, write_json, write_nifti
 from penn.lit.baseline import SegmentationModule
 from penn.lit.finetune import FinetuneModule
 from penn.lit.pretrain import PretrainModule
 from penn.mining import HardNegativeMining
 from penn.models.ensemble import Ensemble
-from penn.preprocess import resize_in_plane
+from penn.prediction import label_values, mask_dtype
+from penn.preprocess import from_slices, resize_in_plane
 from penn.reports import metrics_table, write_csv, write_metrics, write_overlays
 from penn.runtime import close_loggers, log_final, make_loggers, make_trainer, resume_phase
 
@@ -126,8 +127,14 @@ def supervised_module(cfg: DictConfig, net, n_classes: int, member: int = 0):
     optimizer = instantiate(train.optimizer)
     scheduler = instantiate(train.scheduler) if train.get("scheduler") else None
     if model_info(cfg)["level"] == "patch":
-        return FinetuneModule(net, n_classes, optimizer=optimizer, member=member,
-                              scheduler=scheduler, **step_group(cfg))  # fmt: skip
+        return FinetuneModule(
+            net,
+            n_classes,
+            optimizer=optimizer,
+            member=member,
+            scheduler=scheduler,
+            **step_group(cfg),
+        )
     return SegmentationModule(
         net,
         n_classes,
@@ -136,6 +143,7 @@ def supervised_module(cfg: DictConfig, net, n_classes: int, member: int = 0):
         contour_weight=train.contour_weight,
         member=member,
         scheduler=scheduler,
+        scheduler_interval=train.get("scheduler_interval", "epoch"),
     )
 
 
@@ -239,8 +247,12 @@ def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None
     if average:  # a fresh callback per member: it counts the steps of its own fit
         callbacks.append(instantiate(average))
     if n_members(cfg) > 1:
-        log.info("fine-tuning ensemble member %d (members 0 to %d) into checkpoints/%s",
-                 member, n_members(cfg) - 1, module.phase)  # fmt: skip
+        log.info(
+            "fine-tuning ensemble member %d (members 0 to %d) into checkpoints/%s",
+            member,
+            n_members(cfg) - 1,
+            module.phase,
+        )
     trainer = make_trainer(cfg, module.phase, cfg.model.finetune.epochs, loggers, callbacks)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -255,20 +267,39 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
     model = model_info(cfg)
     val, val_labels = dm.splits["val"], dm.native_labels("val")
     progress = bool(cfg.trainer.get("enable_progress_bar", True))  # bars over each volume
-    val_pred = predict_volumes(net, val.slices, inference, model, progress=progress,
-                               shapes=_shapes(val_labels),
-                               slice_spacings=val.slice_spacings(dm.plane))  # fmt: skip
+    val_pred = predict_volumes(
+        net,
+        val.slices,
+        inference,
+        model,
+        progress=progress,
+        shapes=_shapes(val_labels),
+        slice_spacings=val.slice_spacings(dm.plane),
+    )
     val_truth = [class_map(lab, dm.classes) for lab in val_labels]
     threshold, min_size, calibration = calibrate_decision(val_pred, val_truth, inference)
     inference["postprocess"]["min_size"] = min_size
     val_metrics, _ = score(
-        val_pred, val_labels, dm.classes, dm.class_names, dm.patch_cfg, inference, threshold,
-        "val", patch_labels=val.labels,
-    )  # fmt: skip
+        val_pred,
+        val_labels,
+        dm.classes,
+        dm.class_names,
+        dm.patch_cfg,
+        inference,
+        threshold,
+        "val",
+        patch_labels=val.labels,
+    )
     test, test_labels = dm.splits["test"], dm.native_labels("test")
-    test_pred = predict_volumes(net, test.slices, inference, model, progress=progress,
-                                shapes=_shapes(test_labels),
-                                slice_spacings=test.slice_spacings(dm.plane))  # fmt: skip
+    test_pred = predict_volumes(
+        net,
+        test.slices,
+        inference,
+        model,
+        progress=progress,
+        shapes=_shapes(test_labels),
+        slice_spacings=test.slice_spacings(dm.plane),
+    )
     metrics, per_volume = score(
         test_pred,
         test_labels,
@@ -323,11 +354,21 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
             pred.labels,
             cfg.inference.overlays,
         )
+    write_test_masks(out / "test_masks", test.volumes, test_pred, dm.classes, dm.plane)
     metrics |= external_validation(cfg, out, progress)
     metrics["recipe"] = cfg.get("recipe_name")
     write_metrics(out / "metrics.json", metrics)
     log_final(loggers, metrics, overlays)
     return metrics
+
+
+def write_test_masks(folder: Path, volumes, predictions, classes, plane: str) -> None:
+    """Each test volume's scored mask as ``folder/NAME.nii.gz``, in the scan's own geometry with
+    the label values of the data (``penn evaluate -p folder -g labelsTr`` scores them again)."""
+    lut = np.array([0, *label_values(classes)], dtype=np.uint16)
+    for volume, pred in zip(volumes, predictions, strict=True):
+        mask = lut[from_slices(pred.labels, plane)]
+        write_nifti(folder / f"{volume.name}.nii.gz", mask, volume, dtype=mask_dtype(lut))
 
 
 def external_validation(cfg: DictConfig, out: Path, progress: bool) -> dict[str, float]:

@@ -36,6 +36,7 @@ def meta(n_outputs: int) -> dict:
     classes, names = ([[2]], ["tumor"]) if n_outputs == 1 else ([[1], [2]], ["vertebra", "tumor"])
     return {
         "net": NET | {"n_outputs": n_outputs},
+        "model": {"level": "patch", "context_offset": 0},
         "data": {
             "plane": "sagittal",
             "preprocess": {
@@ -51,6 +52,7 @@ def meta(n_outputs: int) -> dict:
             "stride": 2,
             "batch_slices": 8,
             "threshold": 0.5,
+            "slice_sigma_mm": 0.0,
             "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0},
         },
     }
@@ -114,5 +116,15 @@ def run_predict(ckpt: Path, source: Path, out: Path, *overrides: str) -> list[di
                 "progress=false",
                 *overrides,
             ],
+        )
+    return predict(cfg)
+
+
+def run_predict_shipped(source: Path, out: Path, *overrides: str) -> list[dict]:
+    """Runs `penn predict` in process without ``ckpt=``: the model penn ships."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            "predict",
+            overrides=[f"input={source}", f"output={out}", "progress=false", *overrides],
         )
     return predict(cfg)

@@ -61,8 +61,11 @@ def test_experiment_instantiates_data_model_and_trainer(name, tmp_path):
     assert cfg.hydra.launcher._target_ == BASIC_LAUNCHER  # experiments never pin a launcher
     assert isinstance(instantiate(cfg.data), PatchDataModule)
     net = instantiate(cfg.model.net, n_outputs=1)
-    assert isinstance(net, StackedSparseAutoencoder)
-    assert len(net.stages) == cfg.model.n_layers
+    if cfg.model.level == "patch":
+        assert isinstance(net, StackedSparseAutoencoder)
+        assert len(net.stages) == cfg.model.n_layers
+    else:  # a whole-slice network keeps the slice size
+        assert net.eval()(torch.rand(1, 1, 40, 36)).shape == (1, 1, 40, 36)
     assert isinstance(build_trainer(cfg), L.Trainer)
 
 
@@ -97,11 +100,9 @@ def test_paper_experiment_is_the_papers_protocol(tmp_path):
     assert step_group(cfg) == {"steps_per_batch": 32, "micro_batch": 64}
     assert (cfg.data.patches.size, cfg.data.patches.threshold) == (32, 0.6)
     assert cfg.model.sae.lambda_l2 > 0 and cfg.model.sae.beta > 0
-    # none of penn's additions: plain undersampling, no target scaling,
-    # no weight average
+    # none of penn's additions: plain undersampling, no weight average
     finetune = cfg.model.finetune
     assert finetune.hard_negatives.fraction == 0.0
-    assert cfg.data.augment.target_contrast is None
     assert finetune.weight_average is None
 
 

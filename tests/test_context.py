@@ -42,12 +42,14 @@ def context_reference(smooth: np.ndarray, s: int, cy: int, cx: int, n: int, d: i
     return out
 
 
-def spread_context_net(n: int = 8, d: int = 3, n_outputs: int = 1,
-                       gain: float = 3.0) -> StackedSparseAutoencoder:  # fmt: skip
+def spread_context_net(
+    n: int = 8, d: int = 3, n_outputs: int = 1, gain: float = 3.0
+) -> StackedSparseAutoencoder:
     """A seeded context-patch PENN in eval mode, weights x ``gain`` to spread its outputs."""
     torch.manual_seed(0)
-    net = StackedSparseAutoencoder(n, n_layers=2, n_nodes=6, n_outputs=n_outputs,
-                                   context_dilation=d)  # fmt: skip
+    net = StackedSparseAutoencoder(
+        n, n_layers=2, n_nodes=6, n_outputs=n_outputs, context_dilation=d
+    )
     for p in net.parameters():
         p.data *= gain
     return net.eval()
@@ -94,8 +96,7 @@ def test_training_context_is_the_smoothed_slice_sampled_around_the_centre(dm_con
     assert (patches[:, 1] == 0).any() and patches[:, 1].max() > 0.3
 
 
-def test_training_patches_with_context_are_what_the_dense_readout_classifies(phantom_dir,
-                                                                             tmp_path):  # fmt: skip
+def test_training_patches_with_context_are_what_the_dense_readout_classifies(phantom_dir, tmp_path):
     """Border pixels included: the network sees at inference the patch and context it was
     trained on for each pixel (centre read-out)."""
     cfg = compose_cfg(
@@ -114,8 +115,7 @@ def test_training_patches_with_context_are_what_the_dense_readout_classifies(pha
     with torch.no_grad():
         trained_on = torch.sigmoid(net(ds.patches(rows))).numpy()[:, 0]
     for engine in ("rows", "rows_conv", "fcn", "unfold"):
-        dense, _ = segment_slices(net, slices, 4, batch_slices=4, aggregate="center",
-                                  engine=engine)  # fmt: skip
+        dense, _ = segment_slices(net, slices, 4, batch_slices=4, aggregate="center", engine=engine)
         np.testing.assert_allclose(dense[s, 0, y, x], trained_on, atol=1e-5, err_msg=engine)
     assert trained_on.std() > 0.05
     height, width = slices.shape[1:]
@@ -130,8 +130,16 @@ def test_dense_mean_readout_with_context_equals_patch_by_patch(engine, stride, n
     n, d = 8, 3
     net = spread_context_net(n, d, n_outputs)
     slices = np.random.default_rng(1).random((3, 23, 19)).astype(np.float32)
-    dense, grid = segment_slices(net, slices, stride, batch_slices=2, engine=engine,
-                                 chunk_positions=10, threads=2, batch_patches=7)  # fmt: skip
+    dense, grid = segment_slices(
+        net,
+        slices,
+        stride,
+        batch_slices=2,
+        engine=engine,
+        chunk_positions=10,
+        threads=2,
+        batch_patches=7,
+    )
     smooth = smoothed(slices, d)
     height, width = slices.shape[1:]
     pad_h = (-(height - n)) % stride
@@ -172,16 +180,37 @@ def test_a_baseline_with_a_context_patch_is_refused():
 
 def test_model_file_records_the_context_and_refuses_a_mismatch(tmp_path):
     meta = {
-        "net": {"_target_": "penn.models.sparse_ae.StackedSparseAutoencoder", "patch_size": 8,
-                "n_layers": 1, "n_nodes": 2, "n_outputs": 1, "context_dilation": 3},
-        "data": {"plane": "sagittal",
-                 "preprocess": {"noise_threshold": 0, "smooth_sigma": 0,
-                                "clip_percentiles": [0, 100]},
-                 "patches": {"size": 8, "stride": 2, "rule": "center", "threshold": 0.6,
-                             "context_dilation": 3},
-                 "classes": [[2]], "class_names": ["tumor"]},
-        "inference": {"stride": 2, "batch_slices": 1, "threshold": 0.5, "postprocess": {}},
-    }  # fmt: skip
+        "members": 1,
+        "model": {"level": "patch", "context_offset": 0},
+        "net": {
+            "_target_": "penn.models.sparse_ae.StackedSparseAutoencoder",
+            "patch_size": 8,
+            "n_layers": 1,
+            "n_nodes": 2,
+            "n_outputs": 1,
+            "context_dilation": 3,
+        },
+        "data": {
+            "plane": "sagittal",
+            "preprocess": {"noise_threshold": 0, "smooth_sigma": 0, "clip_percentiles": [0, 100]},
+            "patches": {
+                "size": 8,
+                "stride": 2,
+                "rule": "center",
+                "threshold": 0.6,
+                "context_dilation": 3,
+            },
+            "classes": [[2]],
+            "class_names": ["tumor"],
+        },
+        "inference": {
+            "stride": 2,
+            "batch_slices": 1,
+            "threshold": 0.5,
+            "slice_sigma_mm": 0.0,
+            "postprocess": {},
+        },
+    }
     check_meta(tmp_path / "model.pt", meta)
     meta["data"]["patches"]["context_dilation"] = 0
     with pytest.raises(CheckpointError, match="context dilation 3 != data.patches.context_dil"):
@@ -192,9 +221,15 @@ def test_run_with_a_context_patch_end_to_end(tmp_path):
     """penn.run trains (pretraining reconstructs both channels), mines, segments and writes a
     model file that segments the test volume again to the run's own counts."""
     data_dir, run_dir = tmp_path / "data", tmp_path / "run"
-    penn("penn.run", *TINY, f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}",
-         "data.patches.context_dilation=2", "model.finetune.hard_negatives.fraction=0.5",
-         "model.finetune.hard_negatives.pool=500")  # fmt: skip
+    penn(
+        "penn.run",
+        *TINY,
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        "data.patches.context_dilation=2",
+        "model.finetune.hard_negatives.fraction=0.5",
+        "model.finetune.hard_negatives.pool=500",
+    )
     net, meta = load_model(run_dir / "model.pt")
     assert net.context_dilation == 2 and net.stages[0].encoder.in_features == 2 * 16 * 16
     assert meta["data"]["patches"]["context_dilation"] == 2

@@ -267,8 +267,7 @@ def test_a_new_training_loader_frees_the_last_one_held_in_a_cycle(dm):
 def test_device_loader_groups_consecutive_batches(cfg_tiny):
     """data.loader.steps_per_batch=3: each batch is three of the plain batches, end to end."""
     plain = train_loader(cfg_tiny, loader_on_device=True, augment=None)
-    grouped = train_loader(cfg_tiny, loader_on_device=True, loader_steps_per_batch=3,
-                           augment=None)  # fmt: skip
+    grouped = train_loader(cfg_tiny, loader_on_device=True, loader_steps_per_batch=3, augment=None)
     batches, groups = list(plain), list(grouped)
     assert len(batches) % 3 != 0  # the last group is shorter
     assert len(groups) == len(grouped) == -(-len(batches) // 3)
@@ -285,8 +284,15 @@ def test_device_loader_augments_reproducibly_per_seed_and_epoch(cfg_tiny):
 
     loader = train_loader(cfg_tiny, loader_on_device=True)
     ds = loader.dataset
-    unaugmented = PatchDataset(ds.slices, ds.index, ds.targets, ds.patch_size, None, ds.pad,
-                               context_dilation=ds.context_dilation)  # fmt: skip
+    unaugmented = PatchDataset(
+        ds.slices,
+        ds.index,
+        ds.targets,
+        ds.patch_size,
+        None,
+        ds.pad,
+        context_dilation=ds.context_dilation,
+    )
     plain = DevicePatchLoader(unaugmented, loader.sampler, loader.batch_size, "cpu", seed=0)
 
     def first(ld, epoch):
@@ -298,39 +304,3 @@ def test_device_loader_augments_reproducibly_per_seed_and_epoch(cfg_tiny):
     assert 0.0 <= a.min() and a.max() <= 1.0
     clean = first(plain, 1)  # the same patches without augmentation
     assert not torch.equal(a, clean) and (a - clean).abs().mean() < 0.1
-
-
-@pytest.mark.parametrize("on_device", [False, True])
-def test_target_contrast_equals_patches_of_a_scan_with_its_target_scaled(cfg_tiny, on_device):
-    """data.augment.target_contrast=[f, f]: each patch and its context patch are those of the
-    slices with the target's intensity (under the softened mask) multiplied by f."""
-    from scipy.ndimage import gaussian_filter
-
-    from penn.datamodule import PatchDataset
-
-    f, cfg = 0.7, cfg_tiny.copy()
-    cfg.data.patches.context_dilation = 4
-    identity = {"gamma": [1.0, 1.0], "scale": [1.0, 1.0], "noise_std": 0.0, "flip": False}
-    loader = train_loader(cfg, loader_on_device=on_device, loader_steps_per_batch=1,
-                          augment=identity | {"target_contrast": [f, f]})  # fmt: skip
-    ds = loader.dataset
-    dm = set_up(cfg.data)
-    sigma = float(cfg.data.preprocess.smooth_sigma)
-    scaled = []
-    for image, labels in zip(dm.splits["train"].slices, dm.splits["train"].labels, strict=True):
-        soft = gaussian_filter((labels == 2).astype(np.float32), (0, sigma, sigma), truncate=3.0)
-        scaled.append((image * (1.0 + (f - 1.0) * soft)).astype(np.float32))
-    reference = PatchDataset(scaled, ds.index, ds.targets, ds.patch_size, None, ds.pad,
-                             context_dilation=4)  # fmt: skip
-    loader.sampler.set_epoch(2)
-    order = np.array(list(loader.sampler))
-    loader.sampler.set_epoch(2)
-    x, y = next(iter(loader))
-    rows = order[: len(x)]
-    assert x.shape[1] == 2 and torch.equal(y, torch.from_numpy(ds.targets[rows].astype(np.int64)))
-    expected = reference.patches(rows).clamp(0.0, 1.0)
-    torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
-    unscaled = ds.patches(rows).clamp(0.0, 1.0)
-    moved = (x - unscaled).abs().flatten(1).amax(1)
-    assert moved[y == 1].min() > 0.01  # every target patch is changed by the scaling
-    assert (moved[y == 0] < 1e-6).any()  # background far from any lesion is untouched

@@ -75,7 +75,7 @@ def test_an_installed_wheel_trains_from_an_empty_folder(wheel, tmp_path):
     ("module", "given", "named"),
     [
         ("penn.evaluate", [], ["ckpt=...", "data.root=..."]),
-        ("penn.predict", ["input=scan.nii.gz"], ["ckpt=...", "output=..."]),
+        ("penn.predict", ["input=scan.nii.gz"], ["output=..."]),
     ],
 )
 def test_a_missing_required_option_is_one_line_naming_it(module, given, named, tmp_path):

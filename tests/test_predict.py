@@ -168,8 +168,13 @@ def test_probabilities_and_overlays_with_truth(models, tmp_path):
     np.testing.assert_array_equal(probs.affine, mask.affine)
     p = np.asanyarray(probs.dataobj)
     assert 0.0 <= p.min() and p.max() <= 1.0
-    # no post-processing in this model: the mask is the probability map at the threshold
-    np.testing.assert_array_equal(np.asanyarray(mask.dataobj), (p >= 0.5).astype(np.uint8))
+    # no post-processing in this model: the mask is the probability map at the threshold, with
+    # the tumour's label value of the training data (2), not its class index (1)
+    np.testing.assert_array_equal(np.asanyarray(mask.dataobj), 2 * (p >= 0.5).astype(np.uint8))
+    assert "2 tumor 216 101 79 255" in (folder / "mask.ctbl").read_text().splitlines()
+    itksnap = (folder / "mask_itksnap.txt").read_text().splitlines()
+    assert itksnap[0] == "# ITK-SnAP Label Description File"
+    assert itksnap[-1].split()[0] == "2" and itksnap[-1].endswith('"tumor"')
     pngs = sorted(folder.glob("overlay_slice*.png"))
     assert len(pngs) == 2
     with_truth = mpimg.imread(pngs[0]).shape[1]
@@ -244,6 +249,13 @@ def test_mesh_vertices_lie_in_the_masks_world_box(models, tmp_path):
         verts, faces = read_ply(tmp_path / "ply" / "scan" / f"mesh_{name}.ply")
         assert len(faces) > 0 and faces.max() < len(verts)
         assert (verts >= low - 1e-3).all() and (verts <= high + 1e-3).all()
+        # 3D Slicer places a mesh by the SPACE= marker of its header (LPS when there is none)
+        ply_head = (
+            (tmp_path / "ply" / "scan" / f"mesh_{name}.ply").read_bytes().split(b"end_header")[0]
+        )
+        assert b"\ncomment SPACE=RAS\n" in ply_head and b"SPACE=LPS" not in ply_head
+        stl_head = (tmp_path / "stl" / "scan" / f"mesh_{name}.stl").read_bytes()[:80]
+        assert stl_head.startswith(b"SPACE=RAS ")
         stl_verts, normals = read_stl(tmp_path / "stl" / "scan" / f"mesh_{name}.stl")
         np.testing.assert_allclose(stl_verts, verts[faces].reshape(-1, 3), atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(normals, axis=1), 1.0, atol=1e-4)

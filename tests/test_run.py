@@ -70,6 +70,27 @@ def test_external_validation_rescores_the_test_volumes_as_the_run_did(trained):
         assert got == pytest.approx(expected, nan_ok=True)
 
 
+def test_test_masks_scored_as_a_folder_give_the_runs_test_counts(trained, tmp_path):
+    """The run's test_masks/, scored by penn evaluate -p -g against the labels, give each test
+    volume the Dice the run counted (the phantom's tumour target: label value 2)."""
+    from penn.evaluate_folder import evaluate_folder
+
+    run_dir, data_dir = trained
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in evaluation["test_volumes"]:
+        source = data_dir / "phantom" / "labelsTr" / f"{name}.nii.gz"
+        (labels / source.name).symlink_to(source)
+        assert (run_dir / "test_masks" / source.name).is_file()
+    summary = evaluate_folder(run_dir / "test_masks", labels, tmp_path / "out", progress=False)
+    for name, counts in evaluation["test_volumes"].items():
+        tp, fp, _, fn = counts[1]
+        if tp + fp + fn:
+            expected = 2 * tp / (2 * tp + fp + fn)
+            assert summary["cases"][name]["2"]["dice"] == pytest.approx(expected)
+
+
 def test_run_writes_every_metric_checkpoints_and_model(trained):
     run_dir, _ = trained
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -201,9 +222,16 @@ def test_grouped_steps_run_end_to_end_and_count_every_step(tmp_path):
     counted in the checkpoints' global_step (limit_train_batches counts loader batches)."""
     import torch
 
-    penn("penn.run", *TINY, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path}",
-         "data.loader.on_device=true", "data.loader.steps_per_batch=2",
-         "model.pretrain.epochs=2", "model.finetune.epochs=2")  # fmt: skip
+    penn(
+        "penn.run",
+        *TINY,
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path}",
+        "data.loader.on_device=true",
+        "data.loader.steps_per_batch=2",
+        "model.pretrain.epochs=2",
+        "model.finetune.epochs=2",
+    )
     for phase in ("pretrain_stage1", "pretrain_stage2", "finetune"):
         ckpt = torch.load(tmp_path / "checkpoints" / phase / "last.ckpt", weights_only=False)
         assert ckpt["global_step"] == 2 * 5 * 2, phase  # epochs x batches x steps per batch
@@ -216,9 +244,15 @@ def test_last_checkpoint_follows_every_epoch_even_without_improvement(tmp_path):
     repeat epochs (Lightning writes its own last.ckpt only beside a new top-k checkpoint)."""
     import torch
 
-    penn("penn.run", *TINY, f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path}",
-         "model.pretrain.epochs=0", "model.finetune.epochs=3",
-         "model.finetune.optimizer.lr=0.0")  # fmt: skip
+    penn(
+        "penn.run",
+        *TINY,
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path}",
+        "model.pretrain.epochs=0",
+        "model.finetune.epochs=3",
+        "model.finetune.optimizer.lr=0.0",
+    )
     folder = tmp_path / "checkpoints" / "finetune"
     last = torch.load(folder / "last.ckpt", weights_only=False)
     best = torch.load(folder / "best.ckpt", weights_only=False)
@@ -234,4 +268,29 @@ def test_a_model_file_of_another_format_version_is_refused_in_one_line(tmp_path)
     torch.save({"format": "penn-model/1", "meta": {}, "state_dict": {}}, path)
     message = r"old\.pt: model file format 'penn-model/1' .*retrain"
     with pytest.raises(CheckpointError, match=message):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("drop", "named"),
+    [
+        (("model",), "meta has no 'model' section"),
+        (("members",), r"meta lacks \['members'\]"),
+        (("inference", "slice_sigma_mm"), r"meta\['inference'\] lacks \['slice_sigma_mm'\]"),
+    ],
+)
+def test_a_model_file_without_a_key_of_its_format_is_refused_naming_it(drop, named, tmp_path):
+    """Every key of format penn-model/2 is required: no defaults stand in for a missing one."""
+    import torch
+
+    from .predict_helpers import write_model
+
+    path = write_model(tmp_path / "model.pt", 1)
+    blob = torch.load(path, weights_only=True)
+    node = blob["meta"]
+    for key in drop[:-1]:
+        node = node[key]
+    del node[drop[-1]]
+    torch.save(blob, path)
+    with pytest.raises(CheckpointError, match=named):
         load_model(path)

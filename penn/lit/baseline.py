@@ -63,15 +63,30 @@ class SegmentationModule(SupervisedModule):
         dice_weight: weight of the soft Dice term (0: BCE / CE alone, MultiResUNet's faithful loss).
         contour_weight: weight of the contour term for nets with a contour branch (D-TVNet).
         member: which ensemble member this trains (kept in the checkpoint, for resuming).
-        scheduler: partial learning-rate scheduler stepped after every epoch (None: constant).
+        scheduler: partial learning-rate scheduler (None: constant).
+        scheduler_interval: ``epoch`` or ``step``, when the scheduler is stepped.
     """
 
-    def __init__(self, net: torch.nn.Module, n_classes: int,
-                 optimizer: Callable[..., torch.optim.Optimizer], dice_weight: float,
-                 contour_weight: float, member: int = 0,
-                 scheduler: Callable | None = None):  # fmt: skip
-        super().__init__(net, n_classes, optimizer, level="pixel", member=member,
-                         scheduler=scheduler)  # fmt: skip
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        n_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        dice_weight: float,
+        contour_weight: float,
+        member: int = 0,
+        scheduler: Callable | None = None,
+        scheduler_interval: str = "epoch",
+    ):
+        super().__init__(
+            net,
+            n_classes,
+            optimizer,
+            level="pixel",
+            member=member,
+            scheduler=scheduler,
+            scheduler_interval=scheduler_interval,
+        )
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.dice_weight, self.contour_weight = dice_weight, contour_weight
 

@@ -35,15 +35,26 @@ class SupervisedModule(L.LightningModule):
         member: which ensemble member this trains (0 for a single network).
         scheduler: partial learning-rate scheduler taking the optimizer, stepped once per
             training epoch (``model.finetune.scheduler``; None: a constant rate).
+        scheduler_interval: ``epoch``, or ``step``: the scheduler is then stepped after every
+            optimizer step and built with ``total_steps`` (the training's optimizer steps) as
+            well, as :func:`penn.lit.schedule.warmup_cosine` takes it.
     """
 
-    def __init__(self, net: torch.nn.Module, n_classes: int,
-                 optimizer: Callable[..., torch.optim.Optimizer], level: str,
-                 member: int = 0,
-                 scheduler: Callable[..., LRScheduler] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        n_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        level: str,
+        member: int = 0,
+        scheduler: Callable[..., LRScheduler] | None = None,
+        scheduler_interval: str = "epoch",
+    ):
         super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval={scheduler_interval!r}: use 'epoch' or 'step'")
         self.net, self.optimizer, self.level, self.member = net, optimizer, level, member
-        self.scheduler = scheduler
+        self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
         self.train_metrics = patch_metric_collection(n_classes, f"train/{level}/")
         self.val_metrics = patch_metric_collection(n_classes, f"val/{level}/")
         self.test_metrics = patch_metric_collection(n_classes, f"test/{level}/")
@@ -65,8 +76,15 @@ class SupervisedModule(L.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(probs, targets)
         on_step = stage == "train"
-        self.log(f"{stage}/{self.level}/loss", loss, prog_bar=True, on_step=on_step,
-                 on_epoch=True, sync_dist=not on_step, batch_size=len(targets))  # fmt: skip
+        self.log(
+            f"{stage}/{self.level}/loss",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=True,
+            sync_dist=not on_step,
+            batch_size=len(targets),
+        )
         self.log_dict(metrics, on_step=False, on_epoch=True)
         return loss
 
@@ -83,10 +101,17 @@ class SupervisedModule(L.LightningModule):
         self._shared_step(batch, "test")
 
     def _with_scheduler(self, optimizer: torch.optim.Optimizer):
-        """The optimizer, and the configured scheduler on it stepped after every epoch."""
+        """The optimizer, and the configured scheduler on it (stepped per epoch or per step)."""
         if self.scheduler is None:
             return optimizer
-        schedule = {"scheduler": self.scheduler(optimizer), "interval": "epoch"}
+        if self.scheduler_interval == "step":
+            if not self.automatic_optimization:
+                raise ValueError("scheduler_interval='step' needs one optimizer step per batch")
+            total = int(self.trainer.estimated_stepping_batches)
+            scheduler = self.scheduler(optimizer, total_steps=total)
+        else:
+            scheduler = self.scheduler(optimizer)
+        schedule = {"scheduler": scheduler, "interval": self.scheduler_interval}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     @override
@@ -115,12 +140,19 @@ class FinetuneModule(GroupedStepsMixin, SupervisedModule):
         scheduler: partial learning-rate scheduler stepped after every epoch (None: constant).
     """
 
-    def __init__(self, net: torch.nn.Module, n_classes: int,
-                 optimizer: Callable[..., torch.optim.Optimizer], steps_per_batch: int = 1,
-                 micro_batch: int | None = None, member: int = 0,
-                 scheduler: Callable[..., LRScheduler] | None = None):  # fmt: skip
-        super().__init__(net, n_classes, optimizer, level="patch", member=member,
-                         scheduler=scheduler)  # fmt: skip
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        n_classes: int,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        steps_per_batch: int = 1,
+        micro_batch: int | None = None,
+        member: int = 0,
+        scheduler: Callable[..., LRScheduler] | None = None,
+    ):
+        super().__init__(
+            net, n_classes, optimizer, level="patch", member=member, scheduler=scheduler
+        )
         self.save_hyperparameters(
             ignore=["net", "optimizer", "steps_per_batch", "micro_batch", "scheduler"]
         )
