@@ -63,8 +63,10 @@ def load_model(path: str | Path) -> tuple[torch.nn.Module, dict]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:120]  # torch's messages run long
         raise CheckpointError(
-            f"{path}: cannot read model file (truncated or corrupt?): {err}"
+            f"{path}: cannot read model file (truncated, corrupt or not a torch file): "
+            f"{type(err).__name__}: {first}"
         ) from err
     found = blob.get("format") if isinstance(blob, dict) else None
     if isinstance(found, str) and found.startswith("penn-model/") and found != FORMAT:

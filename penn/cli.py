@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import runpy
 import sys
+from contextlib import contextmanager
 
 __all__ = [
     "VERBS",
@@ -132,23 +133,18 @@ def evaluate_arguments(argv: list[str]) -> tuple[dict | None, list[str]]:
     return None, overrides + rest
 
 
+@contextmanager
 def one_line_errors(command: str, debug: bool):
-    """A context manager: an error of the input (a file, a setting) ends the command with one
-    line naming it and exit status 1; with ``debug`` the traceback is raised instead."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def guard():
-        try:
-            yield
-        except (ValueError, OSError, KeyError) as err:
-            if debug:
-                raise
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            sys.stderr.write(f"{command}: error: {message}\n")
-            raise SystemExit(1) from None
-
-    return guard()
+    """An error of the input (a file, a setting) inside ends the command with one line naming
+    it and exit status 1; with ``debug`` the traceback is raised instead."""
+    try:
+        yield
+    except (ValueError, OSError, KeyError) as err:
+        if debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        sys.stderr.write(f"{command}: error: {message}\n")
+        raise SystemExit(1) from None
 
 
 def _evaluate_folder(options: dict) -> int:

@@ -35,17 +35,48 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _read_slices(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
-    """Every non-hidden file of ``folder`` as (path, dataset), checked to be one series."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def series_in_folder(folder: str | Path) -> list[tuple[str, str]]:
+    """The DICOM series of a folder as (SeriesInstanceUID, label), ordered by SeriesNumber.
+
+    The label is ``s<SeriesNumber>`` (or ``s<k>`` when the number is missing or repeats). Only the
+    headers are read; a folder with a file that is not readable DICOM counts as one series (the
+    reading then names that file).
+    """
+    found: dict[str, tuple[int, str]] = {}
+    for path in _files(Path(folder)):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, EOFError, ValueError):
+            return [("", "")]
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        number = ds.get("SeriesNumber")
+        found.setdefault(uid, (int(number) if number not in (None, "") else 10**9, uid))
+    ordered = sorted(found.items(), key=lambda item: item[1])
+    numbers = [n for _, (n, _) in ordered]
+    unique = len(set(numbers)) == len(numbers) and 10**9 not in numbers
+    return [
+        (uid, f"s{number}" if unique else f"s{k + 1}")
+        for k, (uid, (number, _)) in enumerate(ordered)
+    ]
+
+
+def _read_slices(folder: Path, series: str | None = None) -> list[tuple[Path, pydicom.Dataset]]:
+    """Every non-hidden file of ``folder`` as (path, dataset), checked to be one series; with
+    ``series`` (a SeriesInstanceUID), the files of that series only."""
     slices = []
-    for path in files:
+    for path in _files(folder):
         try:
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError, EOFError, ValueError) as err:
             raise DataError(
                 f"{path}: not a readable DICOM file ({type(err).__name__}: {err})"
             ) from err
+        if series is not None and str(ds.get("SeriesInstanceUID", "")) != series:
+            continue
         missing = [k for k in _GEOMETRY if k not in ds]
         if missing:
             raise DataError(f"{path}: DICOM slice lacks {missing}")
@@ -96,7 +127,9 @@ def _slice_step(path: Path, positions: np.ndarray, normal: np.ndarray, ds) -> np
     return (positions[-1] - positions[0]) / (len(positions) - 1)
 
 
-def read_dicom_series(folder: str | Path, name: str | None = None) -> Volume:
+def read_dicom_series(
+    folder: str | Path, name: str | None = None, series: str | None = None
+) -> Volume:
     """Reads a folder holding one DICOM series into a canonical (RAS+) :class:`Volume`.
 
     Pixel values are scaled with RescaleSlope / RescaleIntercept. The volume's "original" space is
@@ -106,6 +139,8 @@ def read_dicom_series(folder: str | Path, name: str | None = None) -> Volume:
     Args:
         folder: the series folder (every non-hidden file must be a DICOM slice of one series).
         name: case name; the folder name when None.
+        series: a SeriesInstanceUID: read that series of a folder holding several
+            (:func:`series_in_folder`); None: the folder must hold one series.
 
     Raises:
         DataError: unreadable files, mixed series, missing geometry tags, slices of different
@@ -114,7 +149,7 @@ def read_dicom_series(folder: str | Path, name: str | None = None) -> Volume:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: DICOM series folder not found")
-    slices = _read_slices(folder)
+    slices = _read_slices(folder, series)
     path0, ds0 = slices[0]
     orientation = np.asarray(ds0.ImageOrientationPatient, float)
     for path, ds in slices:

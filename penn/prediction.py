@@ -25,7 +25,7 @@ from penn.clinical import (
     vertebral_bodies,
     voxel_volume_ml,
 )
-from penn.dicom import read_dicom_series
+from penn.dicom import read_dicom_series, series_in_folder
 from penn.evaluation import predict_volumes
 from penn.inference import decide, postprocess
 from penn.io import (
@@ -71,6 +71,16 @@ class Scan:
     name: str
     path: Path
     kind: str  # "nifti" | "dicom"
+    series: str | None = None  # SeriesInstanceUID of a folder holding several DICOM series
+
+
+def _dicom_scans(folder: Path) -> list[Scan]:
+    """One scan per DICOM series of ``folder``: the folder's name, with ``_s<SeriesNumber>``
+    when the folder holds several series."""
+    series = series_in_folder(folder)
+    if len(series) == 1:
+        return [Scan(folder.name, folder, "dicom")]
+    return [Scan(f"{folder.name}_{label}", folder, "dicom", uid) for uid, label in series]
 
 
 def _scan_name(path: Path) -> str:
@@ -87,8 +97,9 @@ def list_scans(input_path: str | Path) -> list[Scan]:
     """The scans of ``input_path``, sorted by name.
 
     A ``.nii``/``.nii.gz`` file is one scan. A folder whose files are not NIfTI (and that has no
-    subfolders) is one DICOM series. Any other folder is a batch: each NIfTI file in it is a scan,
-    and so is each subfolder that holds files but no NIfTI (a DICOM series); it is not recursed.
+    subfolders) holds DICOM: one scan per series (named ``FOLDER_s<SeriesNumber>`` when there are
+    several). Any other folder is a batch: each NIfTI file in it is a scan, and so is each series
+    of each subfolder that holds files but no NIfTI; it is not recursed.
 
     Raises:
         PredictError: the input does not exist, is an unsupported file, or holds no scan.
@@ -106,7 +117,7 @@ def list_scans(input_path: str | Path) -> list[Scan]:
     files = [p for p in entries if p.is_file()]
     folders = [p for p in entries if p.is_dir()]
     if files and not folders and not any(_is_nifti(p) for p in files):
-        return [Scan(path.name, path, "dicom")]
+        return _dicom_scans(path)
     scans = [Scan(_scan_name(p), p, "nifti") for p in files if _is_nifti(p)]
     ignored = [p.name for p in files if not _is_nifti(p)]
     if ignored:
@@ -114,7 +125,7 @@ def list_scans(input_path: str | Path) -> list[Scan]:
     for folder in folders:
         inside = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
         if inside and not any(_is_nifti(p) for p in inside):
-            scans.append(Scan(folder.name, folder, "dicom"))
+            scans.extend(_dicom_scans(folder))
         else:
             log.warning("%s: not a DICOM series (empty or holds NIfTI files), skipped", folder)
     names = [s.name for s in scans]
@@ -150,7 +161,7 @@ def read_scan(scan: Scan, labels: str | Path | None = None) -> Volume:
         DataError: unreadable or inconsistent files (named in the message).
     """
     if scan.kind == "dicom":
-        return read_dicom_series(scan.path, scan.name)
+        return read_dicom_series(scan.path, scan.name, scan.series)
     label_path = None if labels is None else Path(labels)
     if label_path is not None and not label_path.is_file():
         raise DataError(f"{label_path}: label file not found")

@@ -141,3 +141,33 @@ def test_missing_geometry_is_named(tmp_path):
     ds.save_as(path)
     with pytest.raises(DataError, match=r"IM0000.dcm: DICOM slice lacks \['ImageOrientation"):
         read_dicom_series(folder)
+
+
+def test_a_folder_of_two_series_gives_one_scan_per_series(tmp_path):
+    """Two series (different values) in one folder: two scans named by SeriesNumber, each read
+    as its own volume, equal to reading its series alone."""
+    import shutil
+
+    from penn.prediction import list_scans, read_scan
+
+    first, second = stored_values(), stored_values()[::-1].copy()
+    alone = {}
+    for number, (name, stored) in enumerate((("a", first), ("b", second)), start=7):
+        folder = write_series(tmp_path / name, stored)
+        for path in folder.iterdir():  # the series number, as scanners write it
+            ds = pydicom.dcmread(path)
+            ds.SeriesNumber = number
+            ds.save_as(path, enforce_file_format=True)
+        alone[number] = read_dicom_series(folder)
+    mixed = tmp_path / "exam"
+    mixed.mkdir()
+    for name in ("a", "b"):
+        for path in (tmp_path / name).iterdir():
+            shutil.copy(path, mixed / f"{name}_{path.name}")
+    with pytest.raises(DataError, match="holds 2 DICOM series"):
+        read_dicom_series(mixed)
+    scans = list_scans(mixed)
+    assert [s.name for s in scans] == ["exam_s7", "exam_s8"]
+    for scan, number in zip(scans, (7, 8), strict=True):
+        np.testing.assert_array_equal(read_scan(scan).image, alone[number].image)
+        np.testing.assert_array_equal(read_scan(scan).affine, alone[number].affine)

@@ -93,3 +93,16 @@ def test_evaluate_options_pick_folder_scoring_or_a_model():
     assert folder is None and rest == ["ckpt='m.pt'", "data.root='data'", "progress=false"]
     with pytest.raises(SystemExit):
         evaluate_arguments(["-p", "p"])
+
+
+def test_penn_predict_names_a_file_that_is_no_model_in_one_line(tmp_path, capsys):
+    """Not a torch file (torch's own message runs to many lines): one line, nothing written."""
+    (tmp_path / "notes.txt").write_text("not a model\n")
+    _save(tmp_path / "scan.nii.gz", np.ones((4, 8, 8)))
+    args = ["predict", "-i", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "-m", str(tmp_path / "notes.txt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"penn predict: error: {tmp_path / 'notes.txt'}: cannot read model")
+    assert not (tmp_path / "out").exists()

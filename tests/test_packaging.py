@@ -37,6 +37,15 @@ def test_the_wheel_holds_every_config_file(wheel):
     assert expected <= names, sorted(expected - names)
 
 
+def test_the_wheel_holds_the_shipped_model_files(wheel):
+    from penn.weights import SHIPPED
+
+    archive = zipfile.ZipFile(wheel)
+    for file_name, _ in SHIPPED.values():
+        inside = archive.getinfo(f"penn/weights/{file_name}")
+        assert inside.file_size == (ROOT / "penn" / "weights" / file_name).stat().st_size
+
+
 def test_an_installed_wheel_trains_from_an_empty_folder(wheel, tmp_path):
     site = tmp_path / "site"
     pip("install", "--target", str(site), str(wheel))
