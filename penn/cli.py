@@ -65,6 +65,11 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _overrides(pairs: tuple[tuple[str, str | None], ...]) -> list[str]:
+    """``key='value'`` overrides of the options that were given (a value of None was not)."""
+    return [f"{key}={_quoted(value)}" for key, value in pairs if value is not None]
+
+
 _CONFIG_HELP = "key=value: any option of the verb's config (`--cfg job` prints them all)"
 
 
@@ -83,11 +88,7 @@ def predict_arguments(argv: list[str]) -> list[str]:
     parser.add_argument("--no-mesh", action="store_true", help="write no surface meshes")
     parser.add_argument("--debug", action="store_true", help="tracebacks instead of one line")
     args, rest = parser.parse_known_args(argv)
-    overrides = [
-        f"{key}={_quoted(value)}"
-        for key, value in (("input", args.input), ("output", args.output), ("ckpt", args.model))
-        if value is not None
-    ]
+    overrides = _overrides((("input", args.input), ("output", args.output), ("ckpt", args.model)))
     if args.device:
         overrides.append(f"device={args.device}")
     if args.overlays is not None:
@@ -119,15 +120,9 @@ def evaluate_arguments(argv: list[str]) -> tuple[dict | None, list[str]]:
             parser.error("-p PRED_DIR -g LABEL_DIR go together, without -m, -d or overrides")
         folder = {"pred": args.pred, "labels": args.labels, "out": args.output}
         return folder | {"debug": args.debug}, []
-    overrides = [
-        f"{key}={_quoted(value)}"
-        for key, value in (
-            ("ckpt", args.model),
-            ("data.root", args.dataset),
-            ("hydra.run.dir", args.output),
-        )
-        if value is not None
-    ]
+    overrides = _overrides(
+        (("ckpt", args.model), ("data.root", args.dataset), ("hydra.run.dir", args.output))
+    )
     if args.debug:
         overrides.append("debug=true")
     return None, overrides + rest

@@ -70,13 +70,15 @@ def _read_slices(folder: Path, series: str | None = None) -> list[tuple[Path, py
     slices = []
     for path in _files(folder):
         try:
+            if series is not None:  # the header first: another series' pixels are not read
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+                if str(header.get("SeriesInstanceUID", "")) != series:
+                    continue
             ds = pydicom.dcmread(path)
         except (InvalidDicomError, OSError, EOFError, ValueError) as err:
             raise DataError(
                 f"{path}: not a readable DICOM file ({type(err).__name__}: {err})"
             ) from err
-        if series is not None and str(ds.get("SeriesInstanceUID", "")) != series:
-            continue
         missing = [k for k in _GEOMETRY if k not in ds]
         if missing:
             raise DataError(f"{path}: DICOM slice lacks {missing}")

@@ -53,7 +53,7 @@ __all__ = [
     "build_report",
     "write_scan",
     "label_values",
-    "mask_dtype",
+    "labelled_mask",
     "colour_tables",
 ]
 
@@ -335,9 +335,11 @@ def label_values(classes: list[list[int]]) -> list[int]:
     return [int(values[0]) for values in classes]
 
 
-def mask_dtype(lut: np.ndarray) -> type:
-    """The on-disk type of a mask holding the values of ``lut``: uint8, or uint16 past 255."""
-    return np.uint8 if int(lut.max()) < 256 else np.uint16
+def labelled_mask(class_map: np.ndarray, classes: list[list[int]]) -> np.ndarray:
+    """A class map (0 background, k for class k) with each class's :func:`label_values` value
+    instead of k: uint8, or uint16 when a value passes 255 (the mask's on-disk type)."""
+    lut = np.array([0, *label_values(classes)])
+    return lut.astype(np.uint8 if lut.max() < 256 else np.uint16)[class_map]
 
 
 def colour_tables(values: list[int], class_names: list[str]) -> dict[str, bytes]:
@@ -383,11 +385,11 @@ def write_scan(
     """
     slices, labels, probs = result
     values = label_values(classes)
-    lut = np.array([0, *values], dtype=np.uint16)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{scan.name}."))
     try:
-        mask = write_nifti(tmp / "mask.nii.gz", lut[labels], volume, dtype=mask_dtype(lut))
+        mask_values = labelled_mask(labels, classes)
+        mask = write_nifti(tmp / "mask.nii.gz", mask_values, volume, dtype=mask_values.dtype)
         files = {"mask": mask.name}
         tables = colour_tables(values, class_names)
         for key, name in (("colour_table", "mask.ctbl"), ("itksnap_labels", "mask_itksnap.txt")):

@@ -36,7 +36,7 @@ from penn.lit.finetune import FinetuneModule
 from penn.lit.pretrain import PretrainModule
 from penn.mining import HardNegativeMining
 from penn.models.ensemble import Ensemble
-from penn.prediction import label_values, mask_dtype
+from penn.prediction import labelled_mask
 from penn.preprocess import from_slices, resize_in_plane
 from penn.reports import metrics_table, write_csv, write_metrics, write_overlays
 from penn.runtime import close_loggers, log_final, make_loggers, make_trainer, resume_phase
@@ -365,10 +365,9 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
 def write_test_masks(folder: Path, volumes, predictions, classes, plane: str) -> None:
     """Each test volume's scored mask as ``folder/NAME.nii.gz``, in the scan's own geometry with
     the label values of the data (``penn evaluate -p folder -g labelsTr`` scores them again)."""
-    lut = np.array([0, *label_values(classes)], dtype=np.uint16)
     for volume, pred in zip(volumes, predictions, strict=True):
-        mask = lut[from_slices(pred.labels, plane)]
-        write_nifti(folder / f"{volume.name}.nii.gz", mask, volume, dtype=mask_dtype(lut))
+        mask = labelled_mask(from_slices(pred.labels, plane), classes)
+        write_nifti(folder / f"{volume.name}.nii.gz", mask, volume, dtype=mask.dtype)
 
 
 def external_validation(cfg: DictConfig, out: Path, progress: bool) -> dict[str, float]:
