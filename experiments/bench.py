@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from penn.inference import segment_slices
+from penn.inference.dense import segment_slices
 from penn.models.sparse_ae import StackedSparseAutoencoder
 
 log = logging.getLogger("bench")
@@ -258,7 +258,8 @@ def gpu_throughput(net, cfg: DictConfig, device: torch.device, stride: int) -> d
 VOLUME_CHILD = """
 import json, sys, time
 import numpy as np, torch
-from penn.inference import decide, segment_slices
+from penn.inference.dense import segment_slices
+from penn.postprocess import decide
 from penn.models.sparse_ae import StackedSparseAutoencoder
 def hwm():  # this process's peak resident memory in MB (ru_maxrss survives exec on Linux)
     try:

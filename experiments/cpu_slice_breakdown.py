@@ -23,7 +23,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import best_time, grid_size, matmul_rate, patch_flops  # noqa: E402
 
-from penn.inference import _dense_logits, _pad_amount, segment_slices  # noqa: E402
+from penn.inference.dense import segment_slices
+from penn.inference.engines import dense_logits as dense_logits
+from penn.inference.readout import pad_amount as pad_amount
 from penn.models.sparse_ae import StackedSparseAutoencoder  # noqa: E402
 
 
@@ -37,8 +39,8 @@ def main() -> int:
     image = np.random.default_rng(0).random((1, 512, 512), dtype=np.float32)
     cpu = torch.device("cpu")
     for stride in args.strides:
-        engine = _dense_logits(net, stride, cpu, "auto", 4096, 2048, None, None)
-        extra = _pad_amount(512, 32, stride)  # as segment_slices pads (mean read-out)
+        engine = dense_logits(net, stride, cpu, "auto", 4096, 2048, None, None)
+        extra = pad_amount(512, 32, stride)  # as segment_slices pads (mean read-out)
         x = F.pad(torch.from_numpy(image)[:, None], (0, extra, 0, extra), mode="reflect")
         with torch.inference_mode():
             whole = 1e3 * best_time(

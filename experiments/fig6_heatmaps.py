@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from penn.metrics import METRICS
-from penn.reports import write_heatmaps
-from penn.tables import collect_runs, grid, grid_csv, grid_markdown, write_text
+from penn.reports.figures import write_heatmaps
+from penn.reports.tables import collect_runs, grid, grid_csv, grid_markdown, write_text
 
 log = logging.getLogger("fig6_heatmaps")
 

@@ -25,8 +25,9 @@ import numpy as np  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from penn.io import list_cases, read_case, read_dataset_json, write_atomic_bytes  # noqa: E402
-from penn.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values  # noqa: E402
+from penn.io.dataset import list_cases, read_case, read_dataset_json
+from penn.io.files import write_atomic_bytes
+from penn.synth.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
 
 log = logging.getLogger("lesion_overlays")
 

@@ -3,7 +3,7 @@
     python -m penn.run +experiment=paper data=lumbar_vb model.pretrain.epochs=3 hydra.run.dir=RUN
     python experiments/protocol_time.py RUN --pretrain-epochs 500
 
-Reads the fit times that ``penn.timing.EpochTimer`` writes to ``RUN/run.log`` and projects:
+Reads the fit times that ``penn.lit.timing.EpochTimer`` writes to ``RUN/run.log`` and projects:
 everything that is not a pretraining epoch (start-up, data set-up, fine-tuning, calibration,
 test) as measured, plus each stage's time per epoch (its fit time from the first epoch's start,
 over its epochs, checkpoints included) x ``--pretrain-epochs``. Prints a summary and a last line
@@ -42,7 +42,9 @@ def read_log(path: Path) -> tuple[float, dict, dict, dict]:
         if hit:
             fits[hit.group(1)] = (int(hit.group(2)), float(hit.group(3)))
     if not fits:
-        raise SystemExit(f"{path}: no fit times (was the run made with penn.timing.EpochTimer?)")
+        raise SystemExit(
+            f"{path}: no fit times (was the run made with penn.lit.timing.EpochTimer?)"
+        )
     return (stamps[-1] - stamps[0]).total_seconds(), epochs, samples, fits
 
 

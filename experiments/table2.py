@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from penn.tables import table2, table_script
+from penn.reports.tables import table2, table_script
 
 
 def main(argv: list[str] | None = None) -> int:

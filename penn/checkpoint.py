@@ -16,11 +16,19 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from penn.io import write_atomic_bytes
+from penn.io.files import write_atomic_bytes
 from penn.models.ensemble import Ensemble, members_of
 from penn.preprocess import PLANE_AXIS
 
-__all__ = ["CheckpointError", "FORMAT", "save_model", "load_model", "check_meta", "model_level"]
+__all__ = [
+    "CheckpointError",
+    "FORMAT",
+    "save_model",
+    "load_model",
+    "check_meta",
+    "model_level",
+    "model_info",
+]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +119,15 @@ _REQUIRED = {
     "data.patches": ("size", "stride", "rule", "threshold"),
     "inference": ("stride", "batch_slices", "threshold", "postprocess", "slice_sigma_mm"),
 }
+
+
+def model_info(cfg) -> dict:
+    """How the network sees the data: ``level`` patch or pixel, SAU-Net's ``context_offset``."""
+    level = cfg.model.get("level", "patch")
+    if level not in ("patch", "pixel"):
+        raise ValueError(f"model.level={level!r}: use 'patch' or 'pixel'")
+    offset = int(cfg.model.slices.context_offset) if level == "pixel" else 0
+    return {"level": level, "context_offset": offset}
 
 
 def model_level(meta: dict) -> str:

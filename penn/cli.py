@@ -143,7 +143,7 @@ def one_line_errors(command: str, debug: bool):
 
 
 def _evaluate_folder(options: dict) -> int:
-    from penn.evaluate_folder import evaluate_folder
+    from penn.reports.folder_scores import evaluate_folder
 
     with one_line_errors("penn evaluate", options["debug"]):
         summary = evaluate_folder(options["pred"], options["labels"], options["out"])

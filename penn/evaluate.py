@@ -4,7 +4,7 @@
     penn evaluate -m outputs/train/<run>/model.pt -d /path/to/dataset
 
 To score a folder of masks that exist already: ``penn evaluate -p PRED_DIR -g LABEL_DIR``
-(:mod:`penn.evaluate_folder`).
+(:mod:`penn.reports.folder_scores`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from penn.checkpoint import load_model
 from penn.cli import one_line_errors, require_options
-from penn.evaluation import score, segment_folder
-from penn.reports import metrics_table, write_metrics
+from penn.inference.predictor import segment_folder
+from penn.reports.run_files import metrics_table, write_metrics
+from penn.scoring import score
 
 log = logging.getLogger(__name__)
 

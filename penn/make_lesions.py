@@ -21,14 +21,17 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from penn.io import DataError, list_cases, read_case, read_dataset_json, write_json, write_nifti
-from penn.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
+from penn.io.dataset import list_cases, read_case, read_dataset_json
+from penn.io.files import write_json
+from penn.io.nifti import write_nifti
+from penn.io.volume import DataError
+from penn.synth.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
 
 __all__ = ["GENERATOR", "write_lesion_dataset"]
 
 log = logging.getLogger(__name__)
 
-GENERATOR = "penn.lesions"  # dataset.json's "generator": marks a folder this may replace
+GENERATOR = "penn.synth.lesions"  # dataset.json's "generator": marks a folder this may replace
 
 
 def _check_output(source: Path, out: Path) -> None:
@@ -48,7 +51,7 @@ def write_lesion_dataset(source: str | Path, out: str | Path, spec: LesionSpec, 
     """Writes the source scans with implanted lesions in the nnU-Net raw layout.
 
     Each case gets the lesions of ``lesion_rng(seed, name)``, the same as the fixed validation
-    and test lesions of :class:`penn.lesion_data.LesionDataModule` with this seed. Images keep
+    and test lesions of :class:`penn.data.lesion_data.LesionDataModule` with this seed. Images keep
     their source's data type, orientation and header. The dataset is built in a hidden sibling
     folder and renamed into place, so ``out`` is never half written; a previous lesion dataset
     there is replaced.

@@ -23,20 +23,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from penn.checkpoint import load_model
 from penn.cli import one_line_errors, require_options
-from penn.clinical import csv_bytes, report_row
-from penn.evaluation import class_map, default_device
-from penn.io import DataError, write_atomic_bytes
-from penn.mesh import FORMATS
-from penn.prediction import (
-    PredictError,
-    build_report,
-    check_output,
-    list_scans,
-    read_mask,
-    read_scan,
-    segment_volume,
-    write_scan,
-)
+from penn.inference.predictor import default_device
+from penn.io.files import write_atomic_bytes
+from penn.io.inputs import PredictError, check_output, list_scans, read_mask, read_scan
+from penn.io.labels import class_map
+from penn.io.volume import DataError
+from penn.reports.clinical import csv_bytes, report_row
+from penn.reports.mesh import FORMATS
+from penn.reports.scan_outputs import build_report, segment_volume, write_scan
 from penn.weights import shipped_model
 
 log = logging.getLogger(__name__)

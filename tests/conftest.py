@@ -74,8 +74,9 @@ def assert_model_reproduces_test_counts(
 
     from hydra.utils import instantiate
 
-    from penn.evaluation import class_map, predict_volumes
-    from penn.inference import decide, postprocess
+    from penn.inference.predictor import predict_volumes
+    from penn.io.labels import class_map
+    from penn.postprocess import decide, postprocess
 
     dm = instantiate(compose_cfg(overrides, data_dir, run_dir / "again").data)
     dm.setup("test")

@@ -33,15 +33,15 @@ PRELOAD = [
     "scipy.ndimage",
     "skimage.measure",
     "nibabel",
-    "penn.datamodule",
-    "penn.evaluation",
+    "penn.data.datamodule",
+    "penn.inference.predictor",
     "penn.checkpoint",
     "penn.lit.finetune",
     "penn.lit.pretrain",
-    "penn.lit.baseline",
-    "penn.mining",
-    "penn.reports",
-    "penn.runtime",
+    "penn.lit.segmentation",
+    "penn.lit.mining",
+    "penn.reports.run_files",
+    "penn.lit.trainer",
 ]
 
 _context = None

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from penn.balance import class_counts, undersample
+from penn.patches.balance import class_counts, undersample
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.6, 0.8])

@@ -13,9 +13,9 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig
 
-from penn.datamodule import PatchDataModule
+from penn.data.datamodule import PatchDataModule
+from penn.lit.phases import step_group
 from penn.models.sparse_ae import StackedSparseAutoencoder
-from penn.run import step_group
 
 from .conftest import CONF
 

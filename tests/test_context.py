@@ -1,6 +1,6 @@
 """The context patch (data.patches.context_dilation): training cuts, dense read-out, model file.
 
-References are independent of penn.context: the smoothed slice comes from scipy's Gaussian
+References are independent of penn.patches.context: the smoothed slice comes from scipy's Gaussian
 filter, and every context sample is looked up one by one, zero outside the slice.
 """
 
@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 from scipy import ndimage
 
 from penn.checkpoint import CheckpointError, check_meta, load_model
-from penn.inference import segment_slices
+from penn.inference.dense import segment_slices
 from penn.models.sparse_ae import StackedSparseAutoencoder
-from penn.patches import grid_starts
+from penn.patches.extract import grid_starts
 from penn.run import check_context_patch, make_datamodule
 
 from .conftest import CONF, TINY, TINY_DATA, assert_model_reproduces_test_counts, compose_cfg
@@ -160,7 +160,7 @@ def test_dense_mean_readout_with_context_equals_patch_by_patch(engine, stride, n
 
 
 def test_a_context_network_needs_its_context():
-    from penn.inference import to_fully_convolutional
+    from penn.inference.fcn import to_fully_convolutional
 
     net = spread_context_net()
     assert net.stages[0].encoder.in_features == 2 * 8 * 8

@@ -4,11 +4,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from penn.datamodule import split_cases
-from penn.inference import segment_slices
-from penn.io import DataError
+from penn.data.split import split_cases
+from penn.inference.dense import segment_slices
+from penn.io.volume import DataError
 from penn.models.sparse_ae import StackedSparseAutoencoder
-from penn.patches import gather_patches
+from penn.patches.extract import gather_patches
 
 
 def set_up(data_cfg):
@@ -184,7 +184,7 @@ def test_batches_cross_processes_by_value_through_a_wide_pipe(dm):
 
     import torch.multiprocessing  # noqa: F401  (registers torch's reductions, as in a worker)
 
-    from penn.datamodule import PatchBatch
+    from penn.data.patch_stream import PatchBatch
 
     batch = dm.train_dataloader().dataset.__getitems__([0, 1, 2])
     assert isinstance(batch, PatchBatch)
@@ -206,7 +206,7 @@ def test_batches_cross_processes_by_value_through_a_wide_pipe(dm):
 
 
 def test_flip_augmentation_mirrors_patches_and_keeps_their_values():
-    from penn.datamodule import PatchDataset
+    from penn.data.patch_stream import PatchDataset
 
     rng = np.random.default_rng(0)
     slices = [rng.random((2, 12, 12)).astype(np.float32)]
@@ -227,7 +227,8 @@ def test_flip_augmentation_mirrors_patches_and_keeps_their_values():
 
 def test_device_loader_gives_the_host_loaders_batches(cfg_tiny):
     """data.loader.on_device: same patches, classes, order and length as the host loader."""
-    from penn.datamodule import DevicePatchLoader, PatchLoader
+    from penn.data.device_loader import DevicePatchLoader
+    from penn.data.patch_stream import PatchLoader
 
     # augmentation off: compare the patches themselves
     host = train_loader(cfg_tiny, loader_on_device=False, augment=None)
@@ -280,7 +281,8 @@ def test_device_loader_groups_consecutive_batches(cfg_tiny):
 
 
 def test_device_loader_augments_reproducibly_per_seed_and_epoch(cfg_tiny):
-    from penn.datamodule import DevicePatchLoader, PatchDataset
+    from penn.data.device_loader import DevicePatchLoader
+    from penn.data.patch_stream import PatchDataset
 
     loader = train_loader(cfg_tiny, loader_on_device=True)
     ds = loader.dataset

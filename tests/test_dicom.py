@@ -11,8 +11,8 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from penn.dicom import read_dicom_series
-from penn.io import DataError
+from penn.io.dicom import read_dicom_series
+from penn.io.volume import DataError
 
 from .predict_helpers import run_predict, save_nifti, spine_volume, write_model
 
@@ -148,7 +148,7 @@ def test_a_folder_of_two_series_gives_one_scan_per_series(tmp_path):
     as its own volume, equal to reading its series alone."""
     import shutil
 
-    from penn.prediction import list_scans, read_scan
+    from penn.io.inputs import list_scans, read_scan
 
     first, second = stored_values(), stored_values()[::-1].copy()
     alone = {}

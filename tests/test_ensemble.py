@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from penn.checkpoint import CheckpointError, load_model, save_model
-from penn.evaluation import predict_volumes
+from penn.inference.predictor import predict_volumes
 from penn.models.ensemble import Ensemble, members_of
 from penn.models.sparse_ae import StackedSparseAutoencoder
 

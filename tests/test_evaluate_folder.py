@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from penn.cli import evaluate_arguments, main, predict_arguments
-from penn.evaluate_folder import evaluate_folder
+from penn.reports.folder_scores import evaluate_folder
 
 AFFINE = np.diag([2.0, 1.0, 1.0, 1.0])  # 2 mm along the first axis
 

@@ -1,4 +1,5 @@
-"""External validation (penn.external) and surface distances (penn.metrics) on hand-built cases."""
+"""External validation (penn.reports.external) and surface distances (penn.metrics) on
+hand-built cases."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from penn.external import evaluate_external, labelled_extent, score_volume
 from penn.metrics import metrics_from_counts, surface_distances
+from penn.reports.external import evaluate_external, labelled_extent, score_volume
 
 from .predict_helpers import run_predict, save_nifti, spine_volume, write_model
 

@@ -3,20 +3,15 @@ import pytest
 import torch
 from scipy import ndimage
 
-from penn.inference import (
-    calibrate_threshold,
-    classify_unfolded,
-    decide,
-    patch_logits,
-    postprocess,
-    segment_slices,
-    segment_slices_pixelwise,
-    to_fully_convolutional,
-)
+from penn.calibration import calibrate_threshold
+from penn.inference.dense import segment_slices, segment_slices_pixelwise
+from penn.inference.engines import classify_unfolded, patch_logits
+from penn.inference.fcn import to_fully_convolutional
 from penn.models.baselines.dtvnet import DTVNet
 from penn.models.baselines.opconvnet import OPConvNet
 from penn.models.sparse_ae import StackedSparseAutoencoder
-from penn.patches import grid_starts
+from penn.patches.extract import grid_starts
+from penn.postprocess import decide, postprocess
 
 
 def spread_net(n_outputs: int = 1, n_layers: int = 2) -> StackedSparseAutoencoder:
@@ -245,7 +240,8 @@ def test_tied_min_sizes_go_to_the_largest_and_a_strict_preference_stands(lesion_
     """A lesion and a 100-voxel false positive. With a 2000-voxel lesion, min_size 250 and 1000
     both keep the lesion alone (a tie: 1000 is chosen, by both calibrations); with a 600-voxel
     lesion, 1000 drops it, and validation's strict preference for 250 stands."""
-    from penn.evaluation import Prediction, calibrate_decision, calibrate_min_size
+    from penn.calibration import calibrate_decision, calibrate_min_size
+    from penn.inference.predictor import Prediction
 
     truth = np.zeros((10, 40, 40), np.uint8)
     depth = lesion_voxels // 200
@@ -272,7 +268,8 @@ def test_tied_min_sizes_go_to_the_largest_and_a_strict_preference_stands(lesion_
 
 
 def test_min_size_is_chosen_on_validation_and_drops_small_false_positives():
-    from penn.evaluation import Prediction, calibrate_min_size
+    from penn.calibration import calibrate_min_size
+    from penn.inference.predictor import Prediction
 
     truth = np.zeros((4, 20, 20), np.uint8)
     truth[1:3, 2:8, 2:8] = 1  # a 72-voxel lesion
@@ -305,7 +302,8 @@ def test_joint_calibration_equals_brute_force_over_thresholds_and_min_sizes(post
     postprocess and hand-counted TP/FP/FN. A 250-voxel false positive at 0.6 makes the best
     threshold alone a high one that cuts the 300-voxel lesion; together, a low threshold with
     min_size 280 keeps the whole lesion and drops the false positive."""
-    from penn.evaluation import Prediction, calibrate_decision
+    from penn.calibration import calibrate_decision
+    from penn.inference.predictor import Prediction
 
     rng = np.random.default_rng(3)
     truths, predictions = [], []
@@ -359,7 +357,8 @@ def test_joint_calibration_objective_mean_scores_false_positives_on_target_free_
     volume B no target but a 20-voxel blob at 0.65. Threshold 0.5: A Dice 1, B Dice 0 (20 FP),
     pooled 400 / 420, mean per volume 0.5. Threshold 0.7: A Dice 300 / 350, B nothing predicted
     (no Dice, left out), pooled and mean 300 / 350."""
-    from penn.evaluation import Prediction, calibrate_decision
+    from penn.calibration import calibrate_decision
+    from penn.inference.predictor import Prediction
 
     truth_a, probs_a = np.zeros((2, 20, 20), np.uint8), np.zeros((2, 20, 20), np.float32)
     truth_a[:, 2:12, 2:12] = 1
@@ -401,7 +400,7 @@ def test_smoothing_across_slices_is_a_gaussian_in_mm():
     """A one-slice spot in the middle of 9 slices, 3 mm apart, sigma 3 mm (one slice): slice
     4 + d keeps exp(-d^2 / 2) / sum over |k| <= 4 of exp(-k^2 / 2) of it (scipy's kernel reaches
     4 sigma); a spot that continues over every slice is left as it is."""
-    from penn.inference import smooth_across_slices
+    from penn.postprocess import smooth_across_slices
 
     probs = np.zeros((9, 1, 3, 3), np.float32)
     probs[4, 0, 1, 1] = 1.0
@@ -420,8 +419,8 @@ def test_smoothing_across_slices_is_a_gaussian_in_mm():
 
 
 def test_predict_volumes_smooths_across_each_volumes_own_slices():
-    from penn.evaluation import predict_volumes
-    from penn.inference import smooth_across_slices
+    from penn.inference.predictor import predict_volumes
+    from penn.postprocess import smooth_across_slices
 
     torch.manual_seed(0)
     net = StackedSparseAutoencoder(patch_size=8, n_layers=1, n_nodes=4, n_outputs=1).eval()

@@ -5,7 +5,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from penn.io import DataError, list_cases, read_case, write_nifti
+from penn.io.dataset import list_cases, read_case
+from penn.io.nifti import write_nifti
+from penn.io.volume import DataError
 
 
 def make_dataset(root, images, labels, label_names=None, affine=None):
@@ -98,7 +100,7 @@ def test_corrupt_gzip_is_refused(tmp_path):
 
 
 def test_missing_dataset_json_is_named(tmp_path):
-    from penn.io import read_dataset_json
+    from penn.io.dataset import read_dataset_json
 
     with pytest.raises(DataError, match="dataset.json not found"):
         read_dataset_json(tmp_path)

@@ -1,4 +1,4 @@
-"""Lesion simulation (penn.lesions), the lesion DataModule and the derived-dataset writer."""
+"""Lesion simulation (penn.synth.lesions), the lesion DataModule and the derived-dataset writer."""
 
 from __future__ import annotations
 
@@ -14,20 +14,15 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from penn.evaluation import class_map
-from penn.io import DataError, list_cases, read_case
-from penn.lesion_data import LesionSliceDataModule
-from penn.lesions import (
-    LesionSpec,
-    find_bodies,
-    implant_lesions,
-    lesion_rng,
-    on_disk_values,
-)
+from penn.data.lesion_data import LesionSliceDataModule
+from penn.io.dataset import list_cases, read_case
+from penn.io.labels import class_map
+from penn.io.volume import DataError
 from penn.make_lesions import write_lesion_dataset
-from penn.patches import pad_slices
+from penn.patches.extract import pad_slices
 from penn.preprocess import to_slices
 from penn.run import make_datamodule
+from penn.synth.lesions import LesionSpec, find_bodies, implant_lesions, lesion_rng, on_disk_values
 from tests.conftest import CONF
 
 SPACING = (1.5, 1.0, 1.0)

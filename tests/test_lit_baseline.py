@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from penn.lit.baseline import SegmentationModule, segmentation_loss, soft_dice_loss
+from penn.lit.segmentation import SegmentationModule, segmentation_loss, soft_dice_loss
 from penn.models.baselines.dtvnet import DTVNet
 from penn.models.baselines.unet import UNet
 

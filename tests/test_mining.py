@@ -10,9 +10,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from penn.datamodule import BalancedSampler
 from penn.lit.finetune import FinetuneModule
-from penn.mining import HardNegativeMining, background_scores
+from penn.lit.mining import HardNegativeMining, background_scores
+from penn.patches.balance import BalancedSampler
 from penn.run import make_datamodule
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from penn.patches import gather_patches, grid_starts, label_patches, window_sums
+from penn.patches.extract import gather_patches, grid_starts, label_patches, window_sums
 
 
 def brute_force_labels(labels, classes, n, stride, rule, threshold):

@@ -1,4 +1,4 @@
-"""Tests for the synthetic spine MRI phantom generator (penn.phantom)."""
+"""Tests for the synthetic spine MRI phantom generator (penn.synth.phantom)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ import pytest
 from scipy import ndimage
 
 from penn.metrics import best_interval_dice
-from penn.phantom import (
-    META_NAME,
-    PhantomSpec,
-    generate_volume,
-    generate_volume_with_body,
-    write_phantom_dataset,
-)
+from penn.synth.phantom import META_NAME, PhantomSpec, generate_volume, generate_volume_with_body
+from penn.synth.phantom_dataset import write_phantom_dataset
 
 SPEC = PhantomSpec(
     shape=(8, 64, 96),

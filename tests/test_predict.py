@@ -15,9 +15,9 @@ import torch
 
 from penn.checkpoint import CheckpointError, load_model, save_model
 from penn.cli import main as penn_cli
-from penn.clinical import class_volumes
-from penn.mesh import surface_mesh
-from penn.prediction import PredictError
+from penn.io.inputs import PredictError
+from penn.reports.clinical import class_volumes
+from penn.reports.mesh import surface_mesh
 
 from .predict_helpers import (
     bright_region_net,

@@ -13,8 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from penn.io import Case, DataError, read_case, read_volume, write_nifti
-from penn.patches import gather_patches, grid_starts, label_patches, window_sums
+from penn.io.dataset import read_case
+from penn.io.nifti import read_volume, write_nifti
+from penn.io.volume import Case, DataError
+from penn.patches.extract import gather_patches, grid_starts, label_patches, window_sums
 from penn.preprocess import PLANE_AXIS, from_slices, preprocess_volume
 
 FAST = settings(
@@ -164,7 +166,7 @@ def test_a_file_that_is_not_nifti_raises_data_error(tmp_path):
 @FAST
 @given(array=volumes(), affine=affines())
 def test_segmenting_any_small_volume_gives_a_mask_on_the_files_grid(array, affine):
-    from penn.prediction import segment_volume
+    from penn.reports.scan_outputs import segment_volume
 
     from .predict_helpers import bright_region_net, meta
 

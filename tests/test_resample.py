@@ -10,10 +10,9 @@ import torch
 from scipy import ndimage
 
 from penn.checkpoint import load_model
-from penn.evaluation import predict_volumes
-from penn.io import list_cases, read_case
+from penn.inference.predictor import predict_volumes
+from penn.io.dataset import list_cases, read_case
 from penn.models.sparse_ae import StackedSparseAutoencoder
-from penn.prediction import segment_volume
 from penn.preprocess import (
     label_slices,
     normalize,
@@ -24,6 +23,7 @@ from penn.preprocess import (
     smooth,
     to_slices,
 )
+from penn.reports.scan_outputs import segment_volume
 
 from .conftest import TINY
 from .test_run import penn

@@ -73,7 +73,7 @@ def test_external_validation_rescores_the_test_volumes_as_the_run_did(trained):
 def test_test_masks_scored_as_a_folder_give_the_runs_test_counts(trained, tmp_path):
     """The run's test_masks/, scored by penn evaluate -p -g against the labels, give each test
     volume the Dice the run counted (the phantom's tumour target: label value 2)."""
-    from penn.evaluate_folder import evaluate_folder
+    from penn.reports.folder_scores import evaluate_folder
 
     run_dir, data_dir = trained
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
@@ -120,7 +120,7 @@ def test_no_progress_bars_when_the_trainer_has_none(trained):
 
 
 def test_epoch_times_are_logged_and_project_the_protocol(trained):
-    """penn.timing.EpochTimer's lines in run.log, read by experiments/protocol_time.py."""
+    """penn.lit.timing.EpochTimer's lines in run.log, read by experiments/protocol_time.py."""
     import runpy
 
     run_dir, _ = trained

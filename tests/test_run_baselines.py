@@ -11,13 +11,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from penn.checkpoint import load_model
-from penn.evaluation import Prediction, score
-from penn.inference import segment_slices_pixelwise
-from penn.io import list_cases, read_case
+from penn.data.slice_data import augment_slice
+from penn.inference.dense import segment_slices_pixelwise
+from penn.inference.predictor import Prediction
+from penn.io.dataset import list_cases, read_case
 from penn.models.baselines.sau_net import SAUNet
 from penn.preprocess import preprocess_volume, to_slices
 from penn.run import train
-from penn.slices import augment_slice
+from penn.scoring import score
 
 from .conftest import CONF, TINY_SLICES
 

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from penn.io import DataError
+from penn.io.volume import DataError
 from penn.lit.schedule import warmup_cosine
 from penn.models.seg_unet import SegUNet
 

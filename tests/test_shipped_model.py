@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from penn.checkpoint import FORMAT, load_model
-from penn.phantom import PhantomSpec, generate_volume
+from penn.synth.phantom import PhantomSpec, generate_volume
 from penn.weights import DEFAULT, SHIPPED, shipped_model
 
 from .predict_helpers import save_nifti

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
-from penn.slices import SliceDataModule, SliceDataset
+from penn.data.slice_data import SliceDataModule, SliceDataset
 
 
 def test_slice_dataset_maps_labels_to_classes_and_replicates_edge_neighbours():
@@ -21,7 +21,10 @@ def test_slice_dataset_maps_labels_to_classes_and_replicates_edge_neighbours():
 
 def test_slice_datamodule_serves_whole_slices_of_the_patch_split(cfg_tiny):
     dm = instantiate(
-        cfg_tiny.data, _target_="penn.slices.SliceDataModule", slice_batch=2, context_offset=1
+        cfg_tiny.data,
+        _target_="penn.data.slice_data.SliceDataModule",
+        slice_batch=2,
+        context_offset=1,
     )
     assert isinstance(dm, SliceDataModule)
     dm.prepare_data()

@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from penn.metrics import METRICS
-from penn.tables import collect_runs, grid
+from penn.reports.tables import collect_runs, grid
 
 from .conftest import TINY
 from .processes import run_module

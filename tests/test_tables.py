@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from penn.reports import write_heatmaps
-from penn.tables import (
+from penn.reports.figures import write_heatmaps
+from penn.reports.tables import (
     PAPER_TABLE1,
     PAPER_TABLE2,
     collect_runs,

@@ -1,4 +1,4 @@
-"""experiments/protocol_time.py against a hand-written log; penn.timing.EpochTimer in a fit."""
+"""experiments/protocol_time.py against a hand-written log; penn.lit.timing.EpochTimer in a fit."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ import lightning as L
 import pytest
 import torch
 
-from penn.timing import EpochTimer
+from penn.lit.timing import EpochTimer
 
 from .conftest import CONF
 
 LOG = """\
-[2026-11-26 10:00:00,000][penn.datamodule][INFO] - split by volume: 11 train, 2 val, 4 test
-[2026-11-26 10:00:05,000][penn.timing][INFO] - pretrain_stage1 epoch 1: 2.00 s, 640 samples, 320 samples/s
-[2026-11-26 10:00:07,000][penn.timing][INFO] - pretrain_stage1 epoch 2: 1.00 s, 640 samples, 640 samples/s
-[2026-11-26 10:00:07,500][penn.timing][INFO] - pretrain_stage1: 2 epochs in 4.00 s (2.000 s per epoch, validation and checkpoints included)
-[2026-11-26 10:00:09,000][penn.timing][INFO] - pretrain_stage2 epoch 1: 1.00 s, 640 samples, 640 samples/s
-[2026-11-26 10:00:10,000][penn.timing][INFO] - pretrain_stage2 epoch 2: 1.00 s, 640 samples, 640 samples/s
-[2026-11-26 10:00:10,500][penn.timing][INFO] - pretrain_stage2: 2 epochs in 2.00 s (1.000 s per epoch, validation and checkpoints included)
-[2026-11-26 10:00:20,000][penn.timing][INFO] - finetune: 3 epochs in 6.00 s (2.000 s per epoch, validation and checkpoints included)
+[2026-11-26 10:00:00,000][penn.data.datamodule][INFO] - split by volume: 11 train, 2 val, 4 test
+[2026-11-26 10:00:05,000][penn.lit.timing][INFO] - pretrain_stage1 epoch 1: 2.00 s, 640 samples, 320 samples/s
+[2026-11-26 10:00:07,000][penn.lit.timing][INFO] - pretrain_stage1 epoch 2: 1.00 s, 640 samples, 640 samples/s
+[2026-11-26 10:00:07,500][penn.lit.timing][INFO] - pretrain_stage1: 2 epochs in 4.00 s (2.000 s per epoch, validation and checkpoints included)
+[2026-11-26 10:00:09,000][penn.lit.timing][INFO] - pretrain_stage2 epoch 1: 1.00 s, 640 samples, 640 samples/s
+[2026-11-26 10:00:10,000][penn.lit.timing][INFO] - pretrain_stage2 epoch 2: 1.00 s, 640 samples, 640 samples/s
+[2026-11-26 10:00:10,500][penn.lit.timing][INFO] - pretrain_stage2: 2 epochs in 2.00 s (1.000 s per epoch, validation and checkpoints included)
+[2026-11-26 10:00:20,000][penn.lit.timing][INFO] - finetune: 3 epochs in 6.00 s (2.000 s per epoch, validation and checkpoints included)
 [2026-11-26 10:01:00,000][__main__][INFO] - done
 """  # noqa: E501
 
@@ -63,9 +63,9 @@ def test_epoch_timer_logs_each_epoch_with_its_sample_count(tmp_path, caplog):
         callbacks=[EpochTimer()],
         default_root_dir=tmp_path,
     )
-    with caplog.at_level("INFO", logger="penn.timing"):
+    with caplog.at_level("INFO", logger="penn.lit.timing"):
         trainer.fit(Tiny(), loader)
-    lines = [r.getMessage() for r in caplog.records if r.name == "penn.timing"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "penn.lit.timing"]
     assert [ln.split(":")[0] for ln in lines] == [
         "finetune epoch 1",
         "finetune epoch 2",

@@ -7,9 +7,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-import penn.run
-from penn.run import finetune, make_datamodule
-from penn.runtime import close_loggers, make_loggers, make_trainer
+import penn.lit.phases
+from penn.lit.phases import finetune
+from penn.lit.trainer import close_loggers, make_loggers, make_trainer
+from penn.run import make_datamodule
 
 from .conftest import compose_cfg
 
@@ -27,14 +28,14 @@ class _Trajectory(L.Callback):
 
 
 def _fine_tune(cfg, monkeypatch, resume=("pretrain", 0, None)):
-    """Fine-tunes the tiny network afresh (or resumes: ``resume`` as penn.runtime.resume_phase
+    """Fine-tunes the tiny network afresh (or resumes: ``resume`` as penn.lit.trainer.resume_phase
     gives it); returns the kept network and the training weights after every step."""
     trajectory = _Trajectory()
 
     def with_trajectory(cfg, phase, epochs, loggers, callbacks=()):
         return make_trainer(cfg, phase, epochs, loggers, [*callbacks, trajectory])
 
-    monkeypatch.setattr(penn.run, "make_trainer", with_trajectory)
+    monkeypatch.setattr(penn.lit.phases, "make_trainer", with_trajectory)
     L.seed_everything(0)
     dm = make_datamodule(cfg)
     dm.prepare_data()

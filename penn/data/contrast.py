@@ -10,7 +10,7 @@ array transforms where MONAI has it (histogram shift, bias field, low resolution
 gamma, scale, shift, noise); the non-monotone remapping and the inversion are written here.
 
 Intensity transforms only: the label is never touched, so image and label stay aligned (spatial
-augmentation is :func:`penn.slices.augment_slice`'s). Images are (C, H, W) float32 on the
+augmentation is :func:`penn.data.slice_data.augment_slice`'s). Images are (C, H, W) float32 on the
 preprocessed [0, 1] scale; C > 1 (neighbour slices) get one draw for all channels.
 """
 

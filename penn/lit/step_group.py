@@ -3,7 +3,8 @@
 The paper trains a small network (1024-200-200-200) with batches of 64 for about a million steps.
 On a GPU each such step is a few dozen tiny kernels: its time goes to launching them and to
 Lightning's per-step bookkeeping, not to arithmetic. ``data.loader.steps_per_batch = K`` hands
-the module K batches at once (cut on the device, :class:`penn.datamodule.DevicePatchLoader`);
+the module K batches at once (cut on the device,
+:class:`penn.data.device_loader.DevicePatchLoader`);
 :class:`StepGroup` steps through them one batch at a time -- the same K updates, in the same
 order, as K ordinary steps -- and on a CUDA device captures those K steps once as a CUDA graph
 (``torch.cuda.graph``) and replays it for every later group of K, so launching costs one call.

@@ -17,7 +17,8 @@ class Ensemble(nn.Module):
 
     ``forward`` returns logits whose sigmoid (one output) or softmax (several) is the mean of
     the members' probabilities, so the ensemble stands wherever a single network's logits do.
-    The dense read-out (:func:`penn.evaluation.predict_volumes`) runs each member's own fast
+    The dense read-out (:func:`penn.inference.predictor.predict_volumes`) runs each member's own
+    fast
     read-out and averages their probability maps instead.
 
     Args:

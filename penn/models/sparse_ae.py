@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from penn.context import input_channels
+from penn.patches.context import input_channels
 
 __all__ = ["SparseAutoencoder", "StackedSparseAutoencoder", "kl_sparsity", "l2_weights"]
 
@@ -81,7 +81,7 @@ class StackedSparseAutoencoder(nn.Module):
         n_nodes: units per hidden layer (paper: 200).
         n_outputs: 1 (sigmoid, binary target) or the number of classes (softmax).
         context_dilation: d > 0: each patch comes with a second channel, its context patch
-            (:mod:`penn.context`), so the first layer has 2 n*n inputs; 0: the patch alone.
+            (:mod:`penn.patches.context`), so the first layer has 2 n*n inputs; 0: the patch alone.
     """
 
     def __init__(

@@ -146,7 +146,7 @@ def _config(settings: dict) -> dict:
 def test_slice_dataset_applies_the_contrast_augmentation_after_the_spatial_one():
     """With the spatial part at identity and inversion certain, a training slice comes back
     inverted and its class map untouched; the same seed gives the same stream."""
-    from penn.slices import SliceDataset
+    from penn.data.slice_data import SliceDataset
 
     rng = np.random.default_rng(0)
     slices = [rng.random((3, 24, 20)).astype(np.float32)]

@@ -116,7 +116,7 @@ def pad_slices(slices: np.ndarray, before: int, after: int) -> np.ndarray:
     """Pads the two in-plane axes of (S, H, W) slices as the dense centre read-out does.
 
     Mirror padding without repeating the edge (``reflect``, as ``torch.nn.functional.pad``
-    in :func:`penn.inference.segment_slices`), or the edge value repeated when the slice is
+    in :func:`penn.inference.dense.segment_slices`), or the edge value repeated when the slice is
     too small to mirror (``replicate`` there).
     """
     if before == 0 and after == 0:

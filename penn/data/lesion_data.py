@@ -17,11 +17,15 @@ from collections.abc import Callable
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
-from penn.datamodule import BalancedSampler, PatchDataModule, PatchDataset, SplitVolumes
-from penn.evaluation import class_map
-from penn.io import DataError, read_case
-from penn.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
-from penn.slices import SliceDataModule, SliceDataset
+from penn.data.datamodule import PatchDataModule
+from penn.data.patch_stream import PatchDataset
+from penn.data.slice_data import SliceDataModule, SliceDataset
+from penn.data.split import SplitVolumes
+from penn.io.dataset import read_case
+from penn.io.labels import class_map
+from penn.io.volume import DataError
+from penn.patches.balance import BalancedSampler
+from penn.synth.lesions import LesionSpec, implant_lesions, lesion_rng, on_disk_values
 
 __all__ = ["LesionSampler", "EpochShuffle", "LesionDataModule", "LesionSliceDataModule"]
 
@@ -40,7 +44,7 @@ class LesionSampler(BalancedSampler):
         min_class_fraction: every foreground class present makes up at least this share of the
             undersampled epoch; a rarer one (tumour patches) is drawn again with replacement.
         refresh: gives the training scans the lesions of an epoch.
-        others: as :class:`~penn.datamodule.BalancedSampler`.
+        others: as :class:`~penn.patches.balance.BalancedSampler`.
     """
 
     def __init__(
@@ -109,7 +113,7 @@ class _LesionMixin:
 
     Args:
         lesions: ``seed`` (the benchmark's fixed lesions), ``resample_each_epoch`` (new training
-            lesions every epoch) and the :class:`~penn.lesions.LesionSpec` fields.
+            lesions every epoch) and the :class:`~penn.synth.lesions.LesionSpec` fields.
         **kwargs: the arguments of the data module it is mixed into.
     """
 
@@ -186,17 +190,18 @@ class _LesionMixin:
 
 
 class LesionDataModule(_LesionMixin, PatchDataModule):
-    """:class:`~penn.datamodule.PatchDataModule` on scans with implanted lesions (labels 0/1/2).
+    """:class:`~penn.data.datamodule.PatchDataModule` on scans with implanted lesions
+    (labels 0/1/2).
 
     Args:
         lesions: see :class:`_LesionMixin`.
         min_class_fraction: least share of each foreground class in a training epoch
             (see :class:`LesionSampler`).
-        **kwargs: the arguments of :class:`~penn.datamodule.PatchDataModule`.
+        **kwargs: the arguments of :class:`~penn.data.datamodule.PatchDataModule`.
     """
 
     #: what ``penn.run`` instantiates instead for pixel-wise networks
-    slice_twin = "penn.lesion_data.LesionSliceDataModule"
+    slice_twin = "penn.data.lesion_data.LesionSliceDataModule"
 
     def __init__(self, lesions: dict, min_class_fraction: float, **kwargs):
         super().__init__(lesions=lesions, **kwargs)
@@ -252,13 +257,14 @@ class LesionDataModule(_LesionMixin, PatchDataModule):
 
 
 class LesionSliceDataModule(_LesionMixin, SliceDataModule):
-    """:class:`~penn.slices.SliceDataModule` (pixel-wise baselines) on the lesion benchmark.
+    """:class:`~penn.data.slice_data.SliceDataModule` (pixel-wise baselines) on the lesion
+    benchmark.
 
     Args:
         lesions: see :class:`_LesionMixin`.
         min_class_fraction: unused (patch sampling only); accepted so both twins share
             ``cfg.data``.
-        **kwargs: the arguments of :class:`~penn.slices.SliceDataModule`.
+        **kwargs: the arguments of :class:`~penn.data.slice_data.SliceDataModule`.
     """
 
     def __init__(self, lesions: dict, min_class_fraction: float, **kwargs):

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from penn.io import DataError, read_volume, write_atomic_bytes, write_json
+from penn.io.files import write_atomic_bytes, write_json
+from penn.io.nifti import read_volume
+from penn.io.volume import DataError
 from penn.metrics import METRICS, confusion_counts, metrics_from_counts, surface_distances
 
 __all__ = ["evaluate_folder", "pair_masks", "score_case"]

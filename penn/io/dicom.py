@@ -1,4 +1,4 @@
-"""Reading one DICOM series (one file per slice) as a :class:`penn.io.Volume`.
+"""Reading one DICOM series (one file per slice) as a :class:`penn.io.volume.Volume`.
 
 DICOM positions are in the patient's LPS frame; penn (like NIfTI) works in RAS, so the affine is
 built in LPS from the slice geometry and then has its x and y rows negated. Slices are sorted by
@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from penn.io import DataError, Volume
+from penn.io.volume import DataError, Volume
 
 __all__ = ["is_dicom_file", "read_dicom_series", "series_affine"]
 
@@ -136,7 +136,7 @@ def read_dicom_series(
 
     Pixel values are scaled with RescaleSlope / RescaleIntercept. The volume's "original" space is
     the series' own ``[column, row, slice]`` grid, so results written with
-    :func:`penn.io.write_nifti` overlay the DICOM images voxel for voxel.
+    :func:`penn.io.nifti.write_nifti` overlay the DICOM images voxel for voxel.
 
     Args:
         folder: the series folder (every non-hidden file must be a DICOM slice of one series).
@@ -188,7 +188,8 @@ def read_dicom_series(
 
 
 def _as_volume(name: str, native: np.ndarray, affine: np.ndarray) -> Volume:
-    """Wraps a native-order array and its affine like :func:`penn.io.read_case` does a file."""
+    """Wraps a native-order array and its affine as :func:`penn.io.dataset.read_case` wraps a
+    file."""
     img = nib.Nifti1Image(native, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)

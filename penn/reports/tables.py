@@ -1,6 +1,7 @@
 """Results of many runs as tables: collect jobs, average over seeds, put the paper's numbers beside.
 
-A run is any folder holding ``metrics.json`` (written by :func:`penn.reports.write_metrics`) and
+A run is any folder holding ``metrics.json`` (written by
+:func:`penn.reports.run_files.write_metrics`) and
 Hydra's ``.hydra/config.yaml``; what a run was is read from that config, never from folder names.
 Values are fractions in ``metrics.json`` and percentages (one decimal) in the tables, as in the
 paper.
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from penn.io import write_atomic_bytes
+from penn.io.files import write_atomic_bytes
 from penn.metrics import METRICS
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ target (bright fat or bowel next to an enhancing lesion, say) are a small share 
 background, so few of them are drawn, yet at the true class balance (hundreds of background
 patches per target patch) they decide the precision. After each fine-tuning epoch this
 callback scores a random pool of training background patches with the current network and hands
-the highest-scoring ones to the :class:`~penn.datamodule.BalancedSampler`, which puts them in
+the highest-scoring ones to the :class:`~penn.patches.balance.BalancedSampler`, which puts them in
 place of as many random background patches in the next epoch: the class ratio and the epoch
 length stay as configured ("bootstrapping", Sung and Poggio 1998).
 
@@ -70,7 +70,7 @@ class _HardExampleMining(L.Callback):
         if dataset is None or sampler is None:
             raise TypeError(
                 "hard-example mining needs a patch data module with a balanced sampler "
-                f"(penn.datamodule.PatchDataModule); got {type(dm).__name__}"
+                f"(penn.data.datamodule.PatchDataModule); got {type(dm).__name__}"
             )
         return dataset, sampler
 

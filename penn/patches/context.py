@@ -9,8 +9,8 @@ doubled body there).
 
 The context channel is a dilated version of the patch: in the dense read-out its first-layer
 weights become a convolution with dilation d over the zero-padded smoothed slice
-(:mod:`penn.inference`), and in training the same values are cut from the same image
-(:class:`penn.datamodule.PatchDataset`). Both build that image with :func:`context_image`.
+(:mod:`penn.inference.dense`), and in training the same values are cut from the same image
+(:class:`penn.data.patch_stream.PatchDataset`). Both build that image with :func:`context_image`.
 
 Sample k (0 <= k < n) of the context of the patch centred on pixel c (the centre-pixel rule's
 pixel, ``c = corner + n // 2``) is the smoothed slice at ``c + d * (k - n // 2)``, or 0 outside.

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from penn.checkpoint import load_model
-from penn.evaluation import class_map, segment_folder
-from penn.inference import decide, postprocess
+from penn.inference.predictor import segment_folder
+from penn.io.labels import class_map
 from penn.metrics import (
     METRICS,
     confusion_counts,
@@ -31,13 +31,14 @@ from penn.metrics import (
     summarize,
     surface_distances,
 )
+from penn.postprocess import decide, postprocess
 from penn.preprocess import from_slices
 
 __all__ = ["AXIAL_AXIS", "evaluate_external", "labelled_extent", "score_volume"]
 
 log = logging.getLogger(__name__)
 
-# penn reads every volume in canonical RAS+ orientation (penn.io), so axis 2 runs
+# penn reads every volume in canonical RAS+ orientation (penn.io.dataset), so axis 2 runs
 # inferior -> superior and its planes are the axial ones
 AXIAL_AXIS = 2
 

@@ -1,12 +1,12 @@
 """Whole-slice data and inference for the pixel-wise baselines on PENN's splits.
 
-:class:`SliceDataModule` reuses :class:`~penn.datamodule.PatchDataModule`'s reading,
+:class:`SliceDataModule` reuses :class:`~penn.data.datamodule.PatchDataModule`'s reading,
 preprocessing and patient-level split, and serves (image, class map) slice pairs instead of
 patches. With ``context_offset`` k > 0 each image is the triplet of slices i - k, i, i + k
 (edges replicated) that SAU-Net takes. Training slices get a random crop and the baselines'
 augmentation (rotation, scale, elastic deformation, gamma, noise; no anterior-posterior flip);
 validation and test slices are served whole and unchanged. The nets pad and crop to their
-pooling multiple themselves; :func:`penn.inference.segment_slices_pixelwise` segments volumes.
+pooling multiple themselves; :func:`penn.inference.dense.segment_slices_pixelwise` segments volumes.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from penn.data.contrast import ContrastAugment
-from penn.datamodule import PatchDataModule
-from penn.evaluation import class_map
+from penn.data.datamodule import PatchDataModule
+from penn.io.labels import class_map
 
 __all__ = ["SliceDataModule", "SliceDataset", "augment_slice"]
 
@@ -151,7 +151,7 @@ class SliceDataModule(PatchDataModule):
         context_offset: neighbour offset k for SAU-Net's triplets, 0 for single slices.
         crop: random training crop in pixels (None: whole slices).
         slice_augment: :func:`augment_slice`'s settings for training slices (None: off).
-        **data: the arguments of :class:`~penn.datamodule.PatchDataModule` (``cfg.data``).
+        **data: the arguments of :class:`~penn.data.datamodule.PatchDataModule` (``cfg.data``).
     """
 
     def __init__(

@@ -9,7 +9,7 @@ partial-volume blur. The scan's own fine texture and noise (the image minus its 
 kept, so a lesion is as noisy as the scan. Every change stays inside the vertebral-body mask and
 within the scan's [min, max]; labels become 0 background, 1 vertebra, 2 tumour.
 
-Arrays are canonical (X, Y, Z) volumes as :func:`penn.io.read_case` returns them.
+Arrays are canonical (X, Y, Z) volumes as :func:`penn.io.dataset.read_case` returns them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.measure import label as connected_components
 
-from penn.io import Volume
+from penn.io.volume import Volume
 
 __all__ = [
     "LesionSpec",
