@@ -144,8 +144,8 @@ def bench_slices(cfg: DictConfig, device: torch.device, rate: float) -> list[dic
     height, width = s.shape
     image = np.random.default_rng(cfg.seed).random((1, height, width), dtype=np.float32)
     per_patch = patch_flops(**cfg.network)
-    # auto is rows_conv on a CPU and fcn_stacked on a GPU; the others for comparison
-    engines = ["auto", "rows", "fcn"] if device.type == "cpu" else ["auto", "fcn"]
+    # auto is rows on a CPU and fcn_stacked on a GPU; fcn (the one-channel twin) for comparison
+    engines = ["auto", "fcn"]
     rows = []
     for stride in s.strides:
         positions = grid_size(height, cfg.network.patch_size, stride) * grid_size(
@@ -155,7 +155,7 @@ def bench_slices(cfg: DictConfig, device: torch.device, rate: float) -> list[dic
         adjacent = matmul_rate(cfg.matmul.size, cfg.matmul.repeats, device)
         times = {}
         for engine in engines + ["unfold"]:
-            repeats = s.repeats if engine in ("auto", "rows") else s.baseline_repeats
+            repeats = s.repeats if engine == "auto" else s.baseline_repeats
             times[engine] = best_time(
                 lambda e=engine, st=stride: segment_slices(
                     net, image, st, 1, device, engine=e, chunk_positions=s.chunk_positions
@@ -635,7 +635,7 @@ def print_tables(results: dict, cfg: DictConfig) -> None:
                 ("gpu_fp32_stack_slices_s", f"fp32, stack of {rows[0]['gpu_stack']}", ".0f"),
                 ("gpu_bf16_stack_slices_s", "bf16, stack", ".0f"),
             ]
-        labels = {"rows": "im2col + GEMM ms", "fcn": "conv twin ms"}
+        labels = {"fcn": "conv twin ms"}
         columns += [(f"e_{e}", labels[e], ".1f") for e in rows[0]["engines_ms"] if e in labels]
         print(markdown(rows, columns))
     if "volume" in results:

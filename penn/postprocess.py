@@ -5,10 +5,9 @@ plane, and the connected components kept.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 from skimage import measure, morphology
 
-__all__ = ["decide", "postprocess", "smooth_across_slices", "open_in_plane", "kept_components"]
+__all__ = ["decide", "postprocess", "open_in_plane", "kept_components"]
 
 
 def decide(probs: np.ndarray, threshold: float | None) -> np.ndarray:
@@ -39,25 +38,6 @@ def postprocess(
             mask = np.isin(components, keep)
         out[mask] = c
     return out
-
-
-def smooth_across_slices(probs: np.ndarray, sigma_mm: float, slice_spacing: float) -> np.ndarray:
-    """Gaussian smoothing of (S, K, H, W) pixel probabilities along the slice axis.
-
-    The network sees one slice at a time; a lesion spans several slices, a spurious spot in one
-    slice often only one. Smoothing with a Gaussian of ``sigma_mm`` (mirrored at the first and
-    last slice) lowers such spots and keeps structures that continue across slices.
-
-    Args:
-        probs: (S, K, H, W) probabilities, slices in order.
-        sigma_mm: the Gaussian's sigma in mm (0: ``probs`` unchanged).
-        slice_spacing: distance between neighbouring slices in mm.
-    """
-    if sigma_mm <= 0:
-        return probs
-    if not slice_spacing or slice_spacing <= 0:
-        raise ValueError(f"slice spacing {slice_spacing!r} mm: smoothing across slices needs > 0")
-    return ndimage.gaussian_filter1d(probs, sigma_mm / slice_spacing, axis=0, mode="reflect")
 
 
 def open_in_plane(mask: np.ndarray, radius: int) -> np.ndarray:

@@ -77,7 +77,7 @@ def test_bench_writes_the_headline_json(bench, phantom_dir, tmp_path, capsys):
     assert head["device"] in ("cpu", "cuda")
     assert result["machine"]["cpu_count"] >= 1
     for row in result["slice"]:
-        assert row["engines_ms"]["rows"] > 0 and row["engines_ms"]["unfold"] > 0
+        assert row["engines_ms"]["fcn"] > 0 and row["engines_ms"]["unfold"] > 0
     training = result["training"]
     assert all(training[f"pretrain_stage{i}_patches_s"] > 0 for i in (1, 2))
     assert [run["threads"] for run in training["runs"]][1] == 1

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from penn.data.split import split_cases
@@ -60,15 +59,14 @@ def test_split_refuses_too_few_volumes():
 
 
 @pytest.fixture
-def dm_padded(cfg_tiny):
-    """Border-padded training patches, the patch alone (tests/test_context.py: with context)."""
-    cfg_tiny.data.patches.pad_borders = True
+def dm_alone(cfg_tiny):
+    """Training patches of the patch alone (tests/test_context.py: with context)."""
     cfg_tiny.data.patches.context_dilation = 0
     return set_up(cfg_tiny.data)
 
 
-def test_training_patches_are_balanced_and_match_their_labels(dm_padded):
-    dm = dm_padded
+def test_training_patches_are_balanced_and_match_their_labels(dm_alone):
+    dm = dm_alone
     loader = dm.train_dataloader()
     ds, sampler = loader.dataset, loader.sampler
     epoch0 = np.array(list(sampler))
@@ -77,20 +75,20 @@ def test_training_patches_are_balanced_and_match_their_labels(dm_padded):
     assert (targets == 1).sum() == (ds.targets == 1).sum()  # every tumor patch kept
     assert dm.balance_log["after"] == np.bincount(targets, minlength=2).tolist()
     assert dm.balance_log["before"] == np.bincount(ds.targets, minlength=2).tolist()
-    # each patch's class is the label of its centre pixel (the default centre rule); with the
-    # slices padded by border_pad, corner (y, x) of the padded slice is the patch centred on
-    # original pixel (y, x)
-    assert dm.patch_cfg["rule"] == "center" and dm.pad == (8, 7)
-    split = dm.splits["train"]
+    # each patch's class is the label of its centre pixel (the default centre rule): pixel
+    # (y + n // 2, x + n // 2) of the patch with corner (y, x)
+    assert dm.patch_cfg["rule"] == "center"
+    split, h = dm.splits["train"], dm.patch_cfg["size"] // 2
     vol, s, y, x = ds.index.T
-    centre = np.array([split.labels[v][k, i, j] for v, k, i, j in zip(vol, s, y, x, strict=True)])
+    centre = np.array(
+        [split.labels[v][k, i + h, j + h] for v, k, i, j in zip(vol, s, y, x, strict=True)]
+    )
     np.testing.assert_array_equal(ds.targets, (centre == 2).astype(np.uint8))
 
 
 def test_paper_rule_patches_lie_inside_and_follow_the_fraction(cfg_tiny):
     cfg_tiny.data.patches.rule = "fraction"
     dm = set_up(cfg_tiny.data)
-    assert dm.pad == (0, 0)
     ds, n = dm.train_dataloader().dataset, dm.patch_cfg["size"]
     split = dm.splits["train"]
     tumor = np.flatnonzero(ds.targets == 1)
@@ -102,19 +100,20 @@ def test_paper_rule_patches_lie_inside_and_follow_the_fraction(cfg_tiny):
         assert ((window == 2).mean() >= 0.6) == bool(target)
 
 
-def test_training_patches_are_the_patches_the_dense_readout_classifies(dm_padded):
-    """Border pixels included: the patch a training row holds for pixel p is the one the
-    centre read-out classifies for p, so a net sees at inference what it was trained on."""
-    dm = dm_padded
+def test_training_patches_are_the_patches_the_dense_readout_classifies(dm_alone):
+    """The patch a training row holds for its centre pixel p is the one the centre read-out
+    classifies for p, so a net sees at inference what it was trained on."""
+    dm = dm_alone
     ds = dm.train_dataloader().dataset
     slices = dm.splits["train"].slices[0]
     height, width = slices.shape[1:]
     stride = dm.patch_cfg["stride"]
     rows = np.flatnonzero(ds.index[:, 0] == 0)
     vol, s, y, x = ds.index[rows].T
-    # every pixel on the stride grid centres exactly one training patch, the edges included
-    assert sorted(set(y)) == list(range(0, height, stride))
-    assert sorted(set(x)) == list(range(0, width, stride))
+    # the training patches lie inside the slice, one per corner of the stride grid
+    n, h = dm.patch_cfg["size"], dm.patch_cfg["size"] // 2
+    assert sorted(set(y)) == list(range(0, height - n + 1, stride))
+    assert sorted(set(x)) == list(range(0, width - n + 1, stride))
     assert len(rows) == slices.shape[0] * len(set(y)) * len(set(x))
     torch.manual_seed(0)
     net = StackedSparseAutoencoder(patch_size=16, n_layers=2, n_nodes=6, n_outputs=1).eval()
@@ -123,10 +122,8 @@ def test_training_patches_are_the_patches_the_dense_readout_classifies(dm_padded
     with torch.no_grad():
         trained_on = torch.sigmoid(net(ds.patches(rows))).numpy()[:, 0]
     dense, _ = segment_slices(net, slices, stride, batch_slices=4, aggregate="center")
-    np.testing.assert_allclose(dense[s, 0, y, x], trained_on, atol=1e-5)
+    np.testing.assert_allclose(dense[s, 0, y + h, x + h], trained_on, atol=1e-5)
     assert trained_on.std() > 0.05
-    border = (y == 0) | (x == 0) | (y >= height - stride) | (x >= width - stride)
-    assert border.sum() > 100
 
 
 def test_background_is_redrawn_each_epoch_and_reproducible(dm):
@@ -142,15 +139,14 @@ def test_background_is_redrawn_each_epoch_and_reproducible(dm):
     assert len(e0) == len(e1) == len(sampler)
 
 
-def test_batches_are_gathered_from_the_preprocessed_slices(dm_padded):
-    dm = dm_padded
+def test_batches_are_gathered_from_the_preprocessed_slices(dm_alone):
+    dm = dm_alone
     ds = dm.val_dataloader().dataset
     x, y = ds.__getitems__([0, 5, 9])
     assert x.shape == (3, 1, 16, 16) and y.dtype == torch.int64
     vol, s, yy, xx = ds.index[5]
-    # the slices mirrored by 8 before and 7 after, as torch pads them for the dense read-out
-    padded = F.pad(torch.from_numpy(dm.splits["val"].slices[vol][None]), (8, 7, 8, 7), "reflect")
-    expected = gather_patches(padded[0].numpy(), np.array([s]), np.array([yy]), np.array([xx]), 16)
+    slices = dm.splits["val"].slices[vol]
+    expected = gather_patches(slices, np.array([s]), np.array([yy]), np.array([xx]), 16)
     np.testing.assert_array_equal(x[1, 0].numpy(), expected[0])
 
 
@@ -292,7 +288,6 @@ def test_device_loader_augments_reproducibly_per_seed_and_epoch(cfg_tiny):
         ds.targets,
         ds.patch_size,
         None,
-        ds.pad,
         context_dilation=ds.context_dilation,
     )
     plain = DevicePatchLoader(unaugmented, loader.sampler, loader.batch_size, "cpu", seed=0)

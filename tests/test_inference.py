@@ -202,7 +202,7 @@ def test_postprocess_keeps_largest_component_and_drops_small_ones():
     assert out.sum() == 16 and (out == 2).sum() == 0
 
 
-@pytest.mark.parametrize("engine", ["rows", "rows_conv", "fcn", "fcn_stacked", "unfold"])
+@pytest.mark.parametrize("engine", ["rows", "fcn", "fcn_stacked", "unfold"])
 @pytest.mark.parametrize("stride", [1, 3])
 def test_every_engine_equals_patch_by_patch_across_bands_and_threads(engine, stride):
     net = spread_net(n_layers=3)
@@ -400,7 +400,7 @@ def test_smoothing_across_slices_is_a_gaussian_in_mm():
     """A one-slice spot in the middle of 9 slices, 3 mm apart, sigma 3 mm (one slice): slice
     4 + d keeps exp(-d^2 / 2) / sum over |k| <= 4 of exp(-k^2 / 2) of it (scipy's kernel reaches
     4 sigma); a spot that continues over every slice is left as it is."""
-    from penn.postprocess import smooth_across_slices
+    from penn.inference.predictor import smooth_across_slices
 
     probs = np.zeros((9, 1, 3, 3), np.float32)
     probs[4, 0, 1, 1] = 1.0
@@ -419,8 +419,7 @@ def test_smoothing_across_slices_is_a_gaussian_in_mm():
 
 
 def test_predict_volumes_smooths_across_each_volumes_own_slices():
-    from penn.inference.predictor import predict_volumes
-    from penn.postprocess import smooth_across_slices
+    from penn.inference.predictor import predict_volumes, smooth_across_slices
 
     torch.manual_seed(0)
     net = StackedSparseAutoencoder(patch_size=8, n_layers=1, n_nodes=4, n_outputs=1).eval()

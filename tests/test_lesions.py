@@ -19,7 +19,6 @@ from penn.io.dataset import list_cases, read_case
 from penn.io.labels import class_map
 from penn.io.volume import DataError
 from penn.make_lesions import write_lesion_dataset
-from penn.patches.extract import pad_slices
 from penn.preprocess import to_slices
 from penn.run import make_datamodule
 from penn.synth.lesions import LesionSpec, find_bodies, implant_lesions, lesion_rng, on_disk_values
@@ -242,7 +241,7 @@ def test_training_scans_get_new_lesions_each_epoch(lesion_dm):
     assert len(changed) > 0
     vol, s, y, x = dataset.index[changed[0]]
     n = dataset.patch_size
-    new = pad_slices(dm.splits["train"].slices[vol], *dataset.pad)[s, y : y + n, x : x + n]
+    new = dm.splits["train"].slices[vol][s, y : y + n, x : x + n]
     np.testing.assert_array_equal(after[changed[0], 0].numpy(), new)
     # the dataset's patch classes follow the new labels, and the epoch keeps its length
     assert np.array_equal(dataset.targets, dm._index(dm.splits["train"])[1])

@@ -17,7 +17,7 @@ from penn.data.split import SplitVolumes, split_cases
 from penn.io.dataset import list_cases, read_case, read_dataset_json
 from penn.io.volume import DataError
 from penn.patches.balance import BalancedSampler, class_counts
-from penn.patches.extract import border_pad, label_patches, pad_slices
+from penn.patches.extract import label_patches
 from penn.preprocess import label_slices, preprocess_volume, to_slices
 from penn.synth.phantom import PhantomSpec
 from penn.synth.phantom_dataset import write_phantom_dataset
@@ -38,10 +38,9 @@ class PatchDataModule(L.LightningDataModule):
         plane: anatomical plane of the 2D slices (``sagittal``, ``coronal``, ``axial``).
         target: ``all`` (every labelled class, softmax head) or a key of ``targets``.
         targets: binary targets, each the label values that make up the positive class.
-        patches: ``size``, ``stride``, ``rule`` and ``threshold`` of the PE module,
-            ``pad_borders`` (centre rule: training patches centred on border pixels too) and
-            ``context_dilation`` (d > 0: a context patch as second channel,
-            :mod:`penn.patches.context`).
+        patches: ``size``, ``stride``, ``rule`` and ``threshold`` of the PE module (training
+            patches lie inside the slices, as in the paper) and ``context_dilation`` (d > 0: a
+            context patch as second channel, :mod:`penn.patches.context`).
         balance_ratio: share of the majority class after undersampling the training split.
         resample_each_epoch: draw a new undersampled subset of the majority class every epoch.
         split: ``val`` and ``test`` fractions and the ``seed`` of the split by volume.
@@ -222,21 +221,11 @@ class PatchDataModule(L.LightningDataModule):
         """``patches.context_dilation``: d > 0 adds a context patch to each patch (0: none)."""
         return int(self.patch_cfg.get("context_dilation", 0) or 0)
 
-    @property
-    def pad(self) -> tuple[int, int]:
-        """Padding of the training slices: :func:`~penn.patches.extract.border_pad` with
-        ``patches.pad_borders`` and the centre rule, so that border pixels centre training
-        patches as they centre the dense read-out's; else none (the paper: patches inside)."""
-        p = self.patch_cfg
-        if p["rule"] == "center" and p.get("pad_borders", False):
-            return border_pad(p["size"])
-        return 0, 0
-
     def patch_labels(self, labels: np.ndarray) -> np.ndarray:
-        """Patch classes of one volume's (S, H, W) labels on the training grid (padded slices)."""
+        """Patch classes of one volume's (S, H, W) labels on the training grid."""
         p = self.patch_cfg
         return label_patches(
-            pad_slices(labels, *self.pad),
+            labels,
             self.classes,
             p["size"],
             p["stride"],
@@ -275,7 +264,6 @@ class PatchDataModule(L.LightningDataModule):
             targets,
             self.patch_cfg["size"],
             augment,
-            pad=self.pad,
             context_dilation=self.context_dilation,
         )
 

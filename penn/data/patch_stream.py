@@ -14,7 +14,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from penn.patches.context import context_image, input_channels
-from penn.patches.extract import pad_slices
 
 __all__ = ["PatchBatch", "PatchLoader", "PatchDataset", "augment_patches"]
 
@@ -83,8 +82,6 @@ class PatchDataset(Dataset):
         patch_size: patch side n.
         augment: intensity augmentation ranges (``gamma``, ``scale``, ``noise_std``) and
             ``flip`` (random mirroring of each patch in both in-plane axes), or None.
-        pad: (before, after) pixels added to both in-plane axes of every slice
-            (:func:`penn.patches.extract.pad_slices`); ``index`` counts in the padded slices.
         context_dilation: d > 0: each patch also gets its context patch as a second channel
             (:mod:`penn.patches.context`), cut from :meth:`context_volume`; 0: the patch alone.
     """
@@ -96,11 +93,10 @@ class PatchDataset(Dataset):
         targets,
         patch_size: int,
         augment: dict | None,
-        pad: tuple[int, int] = (0, 0),
         context_dilation: int = 0,
     ):
         self.slices, self.index, self.targets = slices, index, targets
-        self.patch_size, self.augment, self.pad = patch_size, augment, tuple(pad)
+        self.patch_size, self.augment = patch_size, augment
         self.context_dilation = int(context_dilation)
         self._offsets: dict[tuple[int, int], np.ndarray] = {}
         self._flat: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -124,8 +120,8 @@ class PatchDataset(Dataset):
         return cached[1]
 
     def volume(self, vol: int) -> np.ndarray:
-        """Volume ``vol``'s slices as the patches are cut from them: (S, H', W') float32, padded."""
-        return self._cached("patch", vol, lambda x: pad_slices(x, *self.pad))
+        """Volume ``vol``'s slices as the patches are cut from them: (S, H, W) float32."""
+        return self._cached("patch", vol, lambda x: x)
 
     def context_volume(self, vol: int) -> np.ndarray:
         """Volume ``vol``'s context image (S, H'', W''),
@@ -141,14 +137,13 @@ class PatchDataset(Dataset):
         """Per channel: (kind, shift, step). A patch's channel is the n x n values ``step``
         pixels apart from (y + shift, x + shift) of that kind's volume, (y, x) its index row.
 
-        The patch whose corner is y in the padded slice is centred on pixel
-        c = y - pad_before + n // 2 of the slice, and sample 0 of its context is element c of
-        the context image (:func:`penn.patches.context.context_image`), so the context's shift is
-        n // 2 - pad_before.
+        The patch whose corner is y is centred on pixel c = y + n // 2 of the slice, and sample 0
+        of its context is element c of the context image
+        (:func:`penn.patches.context.context_image`), so the context's shift is n // 2.
         """
         out = [("patch", 0, 1)]
         if self.context_dilation > 0:
-            out.append(("context", self.patch_size // 2 - self.pad[0], self.context_dilation))
+            out.append(("context", self.patch_size // 2, self.context_dilation))
         return out
 
     def source(self, kind: str, vol: int) -> np.ndarray:

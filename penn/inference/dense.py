@@ -52,11 +52,11 @@ def segment_slices(
         device: where to run.
         batch_patches: patches per forward pass for classifiers without a convolutional twin.
         engine: ``auto`` (a :class:`StackedSparseAutoencoder` runs band by band on the CPU
-            (``rows_conv``), as its convolutional twin with the first layer over stacked rows
-            on a GPU (``fcn_stacked``); other classifiers as unfolded patches), or one of
-            ``rows`` (first layer as im2col + GEMM), ``rows_conv`` (first layer as a convolution
-            per band), ``fcn`` (the twin with a one-channel n x n first layer),
-            ``fcn_stacked``, ``unfold`` to force one.
+            (``rows``: the first layer as a convolution per band, the later ones as matrix
+            products), as its convolutional twin with the first layer over stacked rows on a GPU
+            (``fcn_stacked``); other classifiers as unfolded patches), or one of ``rows``,
+            ``fcn`` (the twin with a one-channel n x n first layer), ``fcn_stacked``, ``unfold``
+            to force one.
         chunk_positions: patches per band of the ``rows`` engine (a band's activations should
             fit in a core's cache).
         threads: threads of the ``rows`` engine (default: ``torch.get_num_threads()``).

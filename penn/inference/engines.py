@@ -81,10 +81,9 @@ def parallel(jobs: list, work, threads: int) -> None:
 class RowsEngine:
     """A stacked sparse autoencoder as matrix products over bands of patch rows (CPU).
 
-    One band holds about ``chunk_positions`` patches (whole grid rows): its patches are copied out
-    of the slice as a (positions, n*n) matrix (im2col through a strided view, or the first layer
-    as a convolution), and every layer is one ``addmm`` into a reused buffer followed by an
-    in-place sigmoid, so a band's activations stay in cache.
+    One band holds about ``chunk_positions`` patches (whole grid rows): the first layer is a
+    convolution over the band's rows of the slice, and every later layer one ``addmm`` into a
+    reused buffer followed by an in-place sigmoid, so a band's activations stay in cache.
     """
 
     def __init__(
@@ -93,11 +92,8 @@ class RowsEngine:
         stride: int,
         chunk_positions: int,
         threads: int,
-        first_layer: str,
     ):
-        if first_layer not in ("gemm", "conv"):
-            raise ValueError(f"first_layer={first_layer!r}: use 'gemm' or 'conv'")
-        self.n, self.stride, self.first_layer = net.patch_size, stride, first_layer
+        self.n, self.stride = net.patch_size, stride
         self.dilation, self.channels = net.context_dilation, net.in_channels
         self.chunk_positions, self.threads = max(1, int(chunk_positions)), max(1, int(threads))
         linears = [stage.encoder for stage in net.stages] + [net.head]
@@ -142,29 +138,16 @@ class RowsEngine:
 
     def _band(self, x, context, out, b: int, r0: int, r1: int, scratch: dict) -> None:
         n, s, d = self.n, self.stride, self.dilation
-        nx, width = out.shape[2], x.shape[3]
+        nx = out.shape[2]
         m = (r1 - r0) * nx
         (w0, b0), *rest = self.layers
-        if self.first_layer == "gemm":
-            cols = self._buffer(scratch, "cols", m, self.channels * n * n)
-            patches = cols.view(r1 - r0, nx, self.channels, n, n)
-            band = x[b, 0, r0 * s :].as_strided((r1 - r0, nx, n, n), (s * width, s, width, 1))
-            patches[:, :, 0].copy_(band)
-            if context is not None:  # the context samples: the same grid, d pixels apart
-                cw = context.shape[3]
-                band = context[b, 0, r0 * s :].as_strided(
-                    (r1 - r0, nx, n, n), (s * cw, s, d * cw, d)
-                )
-                patches[:, :, 1].copy_(band)
-            h = torch.addmm(b0, cols, w0, out=self._buffer(scratch, "h0", m, w0.shape[1]))
-        else:
-            band = x[b : b + 1, :, r0 * s : (r1 - 1) * s + n]
-            z = F.conv2d(band, self.conv_weight, b0, stride=s)
-            if context is not None:
-                band = context[b : b + 1, :, r0 * s : (r1 - 1) * s + d * (n - 1) + 1]
-                zc = F.conv2d(band, self.context_weight, stride=s, dilation=d)
-                z = z + zc[:, :, :, :nx]
-            h = z.permute(0, 2, 3, 1).reshape(m, -1)
+        band = x[b : b + 1, :, r0 * s : (r1 - 1) * s + n]
+        z = F.conv2d(band, self.conv_weight, b0, stride=s)
+        if context is not None:
+            band = context[b : b + 1, :, r0 * s : (r1 - 1) * s + d * (n - 1) + 1]
+            zc = F.conv2d(band, self.context_weight, stride=s, dilation=d)
+            z = z + zc[:, :, :, :nx]
+        h = z.permute(0, 2, 3, 1).reshape(m, -1)
         h.sigmoid_()
         for i, (w, bias) in enumerate(rest[:-1]):
             h = torch.addmm(bias, h, w, out=self._buffer(scratch, f"h{1 + i % 2}", m, w.shape[1]))
@@ -173,7 +156,7 @@ class RowsEngine:
         torch.addmm(bias, h, w, out=out[b, r0:r1].view(m, -1))
 
 
-ENGINES = ("auto", "rows", "rows_conv", "fcn", "fcn_stacked", "unfold")
+ENGINES = ("auto", "rows", "fcn", "fcn_stacked", "unfold")
 
 
 def classify_unfolded(
@@ -232,17 +215,15 @@ def dense_logits(
         raise ValueError(f"engine={engine!r}: use one of {ENGINES}")
     is_penn = isinstance(net, StackedSparseAutoencoder)
     if engine == "auto":
-        # on 2 CPU cores the band-wise first-layer convolution beat im2col + GEMM (bench.json)
         # on a GPU the stacked-rows first layer beat the one-channel convolution (gpu bench)
-        engine = "unfold" if not is_penn else "fcn_stacked" if device.type != "cpu" else "rows_conv"
+        engine = "unfold" if not is_penn else "fcn_stacked" if device.type != "cpu" else "rows"
     if engine != "unfold" and not is_penn:
         raise ValueError(f"engine={engine!r} needs a StackedSparseAutoencoder, got {type(net)}")
-    if engine in ("rows", "rows_conv"):
+    if engine == "rows":
         if device.type != "cpu":
             raise ValueError(f"engine={engine!r} runs on the CPU; use 'fcn' on a GPU")
         threads = torch.get_num_threads() if threads is None else threads
-        first_layer = "gemm" if engine == "rows" else "conv"
-        return RowsEngine(net, stride, chunk_positions, threads, first_layer)
+        return RowsEngine(net, stride, chunk_positions, threads)
     if engine == "unfold":
         return lambda x, context=None: classify_unfolded(net, x, stride, batch_patches, context)
     fcn = to_fully_convolutional(net, stride, stacked_rows=engine == "fcn_stacked")

@@ -7,14 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from penn.inference.dense import segment_slices, segment_slices_pixelwise
 from penn.io.dataset import list_cases, read_case, read_dataset_json
 from penn.io.volume import DataError, Volume
 from penn.models.ensemble import members_of
-from penn.postprocess import (
-    smooth_across_slices,
-)
 from penn.preprocess import PLANE_AXIS, label_slices, preprocess_volume, resize_in_plane, to_slices
 
 __all__ = ["Prediction", "default_device", "predict_volumes", "SegmentedFolder", "segment_folder"]
@@ -71,7 +69,7 @@ def predict_volumes(
             resampled back to it (bilinear); the patch grid stays on the working grid.
         slice_spacings: per volume, the distance between its slices in mm; needed when
             ``inference.slice_sigma_mm`` > 0, which smooths the pixel probabilities across
-            slices (:func:`penn.postprocess.smooth_across_slices`; the patch grid is left as the
+            slices (:func:`smooth_across_slices`; the patch grid is left as the
             network gave it).
     """
     predictions = _predict(net, slices, inference, model, device, progress, patches)
@@ -198,3 +196,22 @@ def segment_folder(
         slice_spacings=[v.spacing[PLANE_AXIS[plane]] for v in volumes],
     )
     return SegmentedFolder(volumes, labels, working_labels, predictions)
+
+
+def smooth_across_slices(probs: np.ndarray, sigma_mm: float, slice_spacing: float) -> np.ndarray:
+    """Gaussian smoothing of (S, K, H, W) pixel probabilities along the slice axis.
+
+    The network sees one slice at a time; a lesion spans several slices, a spurious spot in one
+    slice often only one. Smoothing with a Gaussian of ``sigma_mm`` (mirrored at the first and
+    last slice) lowers such spots and keeps structures that continue across slices.
+
+    Args:
+        probs: (S, K, H, W) probabilities, slices in order.
+        sigma_mm: the Gaussian's sigma in mm (0: ``probs`` unchanged).
+        slice_spacing: distance between neighbouring slices in mm.
+    """
+    if sigma_mm <= 0:
+        return probs
+    if not slice_spacing or slice_spacing <= 0:
+        raise ValueError(f"slice spacing {slice_spacing!r} mm: smoothing across slices needs > 0")
+    return ndimage.gaussian_filter1d(probs, sigma_mm / slice_spacing, axis=0, mode="reflect")

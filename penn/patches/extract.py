@@ -9,8 +9,6 @@ __all__ = [
     "window_sums",
     "label_patches",
     "gather_patches",
-    "border_pad",
-    "pad_slices",
 ]
 
 
@@ -99,28 +97,3 @@ def gather_patches(
     rows = ys[:, None, None] + offsets[None, :, None]
     cols = xs[:, None, None] + offsets[None, None, :]
     return slices[slice_idx[:, None, None], rows, cols]
-
-
-def border_pad(patch_size: int) -> tuple[int, int]:
-    """Rows (and columns) added before and after a slice so that every pixel centres a patch.
-
-    The patch centred on pixel y (the centre-pixel rule's pixel y + n // 2 of its corner) has its
-    corner at y in a slice padded by ``n // 2`` before and ``n - n // 2 - 1`` after, so the grid
-    of a padded slice holds exactly one patch per original pixel at stride 1.
-    """
-    head = patch_size // 2
-    return head, patch_size - head - 1
-
-
-def pad_slices(slices: np.ndarray, before: int, after: int) -> np.ndarray:
-    """Pads the two in-plane axes of (S, H, W) slices as the dense centre read-out does.
-
-    Mirror padding without repeating the edge (``reflect``, as ``torch.nn.functional.pad``
-    in :func:`penn.inference.dense.segment_slices`), or the edge value repeated when the slice is
-    too small to mirror (``replicate`` there).
-    """
-    if before == 0 and after == 0:
-        return slices
-    mirror = max(before, after) < min(slices.shape[1:])
-    width = ((0, 0), (before, after), (before, after))
-    return np.pad(slices, width, mode="reflect" if mirror else "edge")
