@@ -41,8 +41,8 @@ paper() {  # paper NAME TIMEOUT OVERRIDES...: the paper protocol and its project
     "$py" experiments/protocol_time.py "$out/$name" --pretrain-epochs 500 \
         --wall-s $((SECONDS - start)) > "$out/${name}_projection.txt" 2>&1
 }
-step tests "${TEST_TIMEOUT:-120}" "$py" -m pytest -q -p no:cacheprovider tests/test_lit.py \
-    tests/test_inference.py -k "cuda or gpu"
+step tests "${TEST_TIMEOUT:-120}" "$py" -m pytest -q -p no:cacheprovider tests/lit/test_finetune.py \
+    tests/inference/test_dense.py -k "cuda or gpu"
 step step_probe "${PROBE_TIMEOUT:-60}" "$py" experiments/gpu_step_probe.py
 step bench_gpu "${BENCH_TIMEOUT:-240}" "$py" experiments/bench.py \
     "sections=[${BENCH_SECTIONS:-slice}]" 'train_overrides=[trainer=gpu]' \

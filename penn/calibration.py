@@ -77,6 +77,40 @@ def calibrate(predictions: list[Prediction], truths: list[np.ndarray], inference
     return threshold, {"method": "grid", "val_pooled_dice": dice}
 
 
+def _joint_dice(
+    predictions: list[Prediction],
+    truths: list[np.ndarray],
+    grid: np.ndarray,
+    sizes: list[int],
+    settings: dict,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validation Dice of every (threshold, min_size) pair: (pooled, mean per volume), each
+    (len(grid), len(sizes)), after the post-processing ``settings``."""
+    shape = (len(predictions), len(grid), len(sizes))
+    tp, fp, n_pos = np.zeros(shape), np.zeros(shape), np.zeros((len(predictions), 1, 1))
+    for v, (pred, truth) in enumerate(zip(predictions, truths, strict=True)):
+        probs, truth = pred.probs[:, 0], truth.astype(bool).ravel()
+        n_pos[v] = truth.sum()
+        for i, threshold in enumerate(grid):
+            mask = open_in_plane(probs >= threshold, settings["opening_radius"])
+            components = measure.label(mask).ravel()
+            size = np.bincount(components)[1:]
+            hits = np.bincount(components, weights=truth, minlength=len(size) + 1)[1:]
+            for j, min_size in enumerate(sizes):
+                keep = kept_components(size, min_size, settings["keep_largest"])
+                tp[v, i, j] = hits[keep].sum()
+                fp[v, i, j] = (size[keep] - hits[keep]).sum()
+    pooled = 2 * tp.sum(0) / np.maximum(tp.sum(0) + fp.sum(0) + n_pos.sum(), 1)
+    # per volume as penn.metrics scores it: a volume with neither truth nor prediction has no
+    # Dice and is left out of the mean; a false positive on a target-free volume scores 0
+    den = tp + fp + n_pos
+    with np.errstate(invalid="ignore"):
+        per_volume = np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan)
+    counted = (den > 0).sum(0)
+    mean = np.where(counted > 0, np.nansum(per_volume, 0) / np.maximum(counted, 1), 0.0)
+    return pooled, mean
+
+
 def calibrate_decision(
     predictions: list[Prediction], truths: list[np.ndarray], inference: dict
 ) -> tuple[float | None, int, dict]:
@@ -118,28 +152,7 @@ def calibrate_decision(
         raise ValueError(f"inference.calibration.objective={objective!r}: use 'pooled' or 'mean'")
     grid = np.round(np.arange(c["low"], c["high"] + 1e-9, c["step"]), 6)
     sizes = [int(m) for m in c.get("min_sizes") or [settings["min_size"]]]
-    shape = (len(predictions), len(grid), len(sizes))
-    tp, fp, n_pos = np.zeros(shape), np.zeros(shape), np.zeros((len(predictions), 1, 1))
-    for v, (pred, truth) in enumerate(zip(predictions, truths, strict=True)):
-        probs, truth = pred.probs[:, 0], truth.astype(bool).ravel()
-        n_pos[v] = truth.sum()
-        for i, threshold in enumerate(grid):
-            mask = open_in_plane(probs >= threshold, settings["opening_radius"])
-            components = measure.label(mask).ravel()
-            size = np.bincount(components)[1:]
-            hits = np.bincount(components, weights=truth, minlength=len(size) + 1)[1:]
-            for j, min_size in enumerate(sizes):
-                keep = kept_components(size, min_size, settings["keep_largest"])
-                tp[v, i, j] = hits[keep].sum()
-                fp[v, i, j] = (size[keep] - hits[keep]).sum()
-    pooled = 2 * tp.sum(0) / np.maximum(tp.sum(0) + fp.sum(0) + n_pos.sum(), 1)
-    # per volume as penn.metrics scores it: a volume with neither truth nor prediction has no
-    # Dice and is left out of the mean; a false positive on a target-free volume scores 0
-    den = tp + fp + n_pos
-    with np.errstate(invalid="ignore"):
-        per_volume = np.where(den > 0, 2 * tp / np.maximum(den, 1), np.nan)
-    counted = (den > 0).sum(0)
-    mean = np.where(counted > 0, np.nansum(per_volume, 0) / np.maximum(counted, 1), 0.0)
+    pooled, mean = _joint_dice(predictions, truths, grid, sizes, settings)
     dice = pooled if objective == "pooled" else mean
     # ties: the largest min_size, then the lowest threshold. Validation holds no component of a
     # size between two tied candidates; over 81 recorded runs where it held some (250-1000

@@ -16,8 +16,7 @@ from omegaconf import DictConfig
 from penn.data.datamodule import PatchDataModule
 from penn.lit.phases import step_group
 from penn.models.sparse_ae import StackedSparseAutoencoder
-
-from .conftest import CONF
+from tests.conftest import CONF
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"

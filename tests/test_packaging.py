@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CONF, TINY_DATA
+from tests.conftest import CONF, TINY_DATA
 
 ROOT = CONF.parent
 

@@ -18,8 +18,7 @@ from penn.cli import main as penn_cli
 from penn.io.inputs import PredictError
 from penn.reports.clinical import class_volumes
 from penn.reports.mesh import surface_mesh
-
-from .predict_helpers import (
+from tests.predict_helpers import (
     bright_region_net,
     meta,
     run_predict,
@@ -27,7 +26,7 @@ from .predict_helpers import (
     spine_volume,
     write_model,
 )
-from .processes import run_module
+from tests.processes import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -167,8 +167,7 @@ def test_a_file_that_is_not_nifti_raises_data_error(tmp_path):
 @given(array=volumes(), affine=affines())
 def test_segmenting_any_small_volume_gives_a_mask_on_the_files_grid(array, affine):
     from penn.reports.scan_outputs import segment_volume
-
-    from .predict_helpers import bright_region_net, meta
+    from tests.predict_helpers import bright_region_net, meta
 
     info = meta(3)
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,9 +24,8 @@ from penn.preprocess import (
     to_slices,
 )
 from penn.reports.scan_outputs import segment_volume
-
-from .conftest import TINY
-from .test_run import penn
+from tests.conftest import TINY
+from tests.test_run import penn
 
 PREPROCESS = {"noise_threshold": 0.02, "smooth_sigma": 1.0, "clip_percentiles": (0.5, 99.5)}
 

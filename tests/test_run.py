@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from penn.checkpoint import CheckpointError, load_model
-
-from .conftest import TINY
-from .processes import run_module
+from tests.conftest import TINY
+from tests.processes import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
@@ -283,7 +282,7 @@ def test_a_model_file_without_a_key_of_its_format_is_refused_naming_it(drop, nam
     """Every key of format penn-model/2 is required: no defaults stand in for a missing one."""
     import torch
 
-    from .predict_helpers import write_model
+    from tests.predict_helpers import write_model
 
     path = write_model(tmp_path / "model.pt", 1)
     blob = torch.load(path, weights_only=True)

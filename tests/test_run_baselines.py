@@ -19,8 +19,7 @@ from penn.models.baselines.sau_net import SAUNet
 from penn.preprocess import preprocess_volume, to_slices
 from penn.run import train
 from penn.scoring import score
-
-from .conftest import CONF, TINY_SLICES
+from tests.conftest import CONF, TINY_SLICES
 
 # each network at a few channels, so that a run takes seconds
 SMALL = {

@@ -10,8 +10,7 @@ import torch
 from penn.checkpoint import FORMAT, load_model
 from penn.synth.phantom import PhantomSpec, generate_volume
 from penn.weights import DEFAULT, SHIPPED, shipped_model
-
-from .predict_helpers import save_nifti
+from tests.predict_helpers import save_nifti
 
 
 def test_every_shipped_model_is_a_small_weights_only_penn_model_file():
@@ -33,7 +32,7 @@ def test_an_unknown_shipped_name_lists_the_shipped_ones():
 def test_predict_without_a_model_file_segments_with_the_shipped_model(tmp_path):
     """A T2-like phantom at 1 x 0.8 x 0.8 mm: the mask has the scan's grid, the label value of
     vertebra (1) only, and covers the phantom's vertebral bodies better than chance."""
-    from .predict_helpers import run_predict_shipped
+    from tests.predict_helpers import run_predict_shipped
 
     spec = PhantomSpec(
         shape=(6, 200, 240),

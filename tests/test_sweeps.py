@@ -15,9 +15,8 @@ from omegaconf import OmegaConf
 
 from penn.metrics import METRICS
 from penn.reports.tables import collect_runs, grid
-
-from .conftest import TINY
-from .processes import run_module
+from tests.conftest import TINY
+from tests.processes import run_module
 
 ROOT = Path(__file__).resolve().parents[1]
 # any network access would fail at once: the proxy port is closed

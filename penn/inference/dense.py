@@ -11,7 +11,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from penn.inference.engines import dense_logits
-from penn.inference.readout import centre_readout, pad_amount, spread_mean
+from penn.inference.readout import centre_readout, grid_padding, spread_mean
 from penn.patches.context import context_image, gaussian_blur
 
 __all__ = ["AGGREGATES", "segment_slices", "segment_slices_pixelwise"]
@@ -82,8 +82,7 @@ def segment_slices(
         class count;
         the patch grid starts at (0, 0) and row/col i is the patch with corner i * stride.
     """
-    n = net.patch_size
-    device = torch.device(device)
+    n, device = net.patch_size, torch.device(device)
     was_training = net.training
     net.eval().to(device)
     classify = dense_logits(
@@ -94,18 +93,8 @@ def segment_slices(
         raise ValueError("segment_slices: no slices given (shape (0, H, W))")
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate={aggregate!r}: use one of {AGGREGATES}")
-    if aggregate == "center":
-        head = n // 2
-        if head % stride:
-            raise ValueError(f"aggregate='center' needs a stride that divides {head}, got {stride}")
-        # corner i * stride of the padded slice is the patch centred on pixel i * stride
-        ny, nx = -(-(height - 1) // stride) + 1, -(-(width - 1) // stride) + 1
-        right, bottom = (nx - 1) * stride + n - width - head, (ny - 1) * stride + n - height - head
-        pads = (head, right, head, bottom)
-    else:
-        pad_y, pad_x = pad_amount(height, n, stride), pad_amount(width, n, stride)
-        ny, nx = (height + pad_y - n) // stride + 1, (width + pad_x - n) // stride + 1
-        pads = (0, pad_x, 0, pad_y)
+    ny, nx, pads = grid_padding(height, width, n, stride, aggregate)
+    head = n // 2
     mode = "reflect" if max(pads[:2]) < width and max(pads[2:]) < height else "replicate"
     dilation = getattr(net, "context_dilation", 0)
     first_centre = 0 if aggregate == "center" else n // 2  # centre pixel of grid patch 0

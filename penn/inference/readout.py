@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = []
+__all__ = [
+    "grid_padding",
+]
 
 
 def pad_amount(length: int, patch_size: int, stride: int) -> int:
@@ -66,3 +68,24 @@ def centre_readout(grid: torch.Tensor, stride: int, height: int, width: int) -> 
         size = ((grid.shape[2] - 1) * stride + 1, (grid.shape[3] - 1) * stride + 1)
         grid = F.interpolate(grid, size=size, mode="bilinear", align_corners=True)
     return grid[:, :, :height, :width]
+
+
+def grid_padding(
+    height: int, width: int, n: int, stride: int, aggregate: str
+) -> tuple[int, int, tuple[int, int, int, int]]:
+    """The patch grid (ny, nx) over a padded slice and the padding (left, right, top, bottom).
+
+    ``center``: the slice is padded by n // 2 before, so that corner i * stride of the padded
+    slice is the patch centred on pixel i * stride (``stride`` must divide n // 2); ``mean``:
+    padded after only, until the grid covers the slice.
+    """
+    if aggregate == "center":
+        head = n // 2
+        if head % stride:
+            raise ValueError(f"aggregate='center' needs a stride that divides {head}, got {stride}")
+        ny, nx = -(-(height - 1) // stride) + 1, -(-(width - 1) // stride) + 1
+        right, bottom = (nx - 1) * stride + n - width - head, (ny - 1) * stride + n - height - head
+        return ny, nx, (head, right, head, bottom)
+    pad_y, pad_x = pad_amount(height, n, stride), pad_amount(width, n, stride)
+    ny, nx = (height + pad_y - n) // stride + 1, (width + pad_x - n) // stride + 1
+    return ny, nx, (0, pad_x, 0, pad_y)

@@ -30,70 +30,39 @@ __all__ = ["evaluate_and_write", "write_test_masks", "external_validation"]
 log = logging.getLogger(__name__)
 
 
-def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str, float]:
-    """Calibrates on validation, scores the test split, writes metrics, model and overlays."""
-    inference = OmegaConf.to_container(cfg.inference, resolve=True)
-    model = model_info(cfg)
-    val, val_labels = dm.splits["val"], dm.native_labels("val")
-    progress = bool(cfg.trainer.get("enable_progress_bar", True))  # bars over each volume
-    val_pred = predict_volumes(
+def _segment_split(net, dm, name: str, inference: dict, model: dict, progress: bool):
+    """The split's predictions on each scan's own grid and its raw label slices there."""
+    split, labels = dm.splits[name], dm.native_labels(name)
+    predictions = predict_volumes(
         net,
-        val.slices,
+        split.slices,
         inference,
         model,
         progress=progress,
-        shapes=_shapes(val_labels),
-        slice_spacings=val.slice_spacings(dm.plane),
+        shapes=_shapes(labels),
+        slice_spacings=split.slice_spacings(dm.plane),
     )
-    val_truth = [class_map(lab, dm.classes) for lab in val_labels]
-    threshold, min_size, calibration = calibrate_decision(val_pred, val_truth, inference)
-    inference["postprocess"]["min_size"] = min_size
-    val_metrics, _ = score(
-        val_pred,
-        val_labels,
+    return predictions, labels
+
+
+def _score_split(dm, name: str, predictions, labels, inference: dict, threshold):
+    """:func:`penn.scoring.score` of a split of the data module."""
+    patch_labels = dm.splits[name].labels
+    return score(
+        predictions,
+        labels,
         dm.classes,
         dm.class_names,
         dm.patch_cfg,
         inference,
         threshold,
-        "val",
-        patch_labels=val.labels,
+        name,
+        patch_labels=patch_labels,
     )
-    test, test_labels = dm.splits["test"], dm.native_labels("test")
-    test_pred = predict_volumes(
-        net,
-        test.slices,
-        inference,
-        model,
-        progress=progress,
-        shapes=_shapes(test_labels),
-        slice_spacings=test.slice_spacings(dm.plane),
-    )
-    metrics, per_volume = score(
-        test_pred,
-        test_labels,
-        dm.classes,
-        dm.class_names,
-        dm.patch_cfg,
-        inference,
-        threshold,
-        "test",
-        patch_labels=test.labels,
-    )
-    metrics.update({k: v for k, v in val_metrics.items() if k.startswith("val/pixel")})
-    metrics["calibration/threshold"] = math.nan if threshold is None else threshold
-    write_metrics(out / "metrics.json", metrics)
-    write_json(
-        out / "evaluation.json",
-        {
-            "calibration": calibration,
-            "threshold": threshold,
-            "balance": dm.balance_log,
-            "test_volumes": dict(zip(test.names, per_volume, strict=True)),
-            "counts_columns": ["tp", "fp", "tn", "fn"],
-            "class_names": dm.class_names,
-        },
-    )
+
+
+def _save_run_model(cfg: DictConfig, net, dm, out: Path, inference: dict, model: dict) -> None:
+    """``out/model.pt``: the network with everything :mod:`penn.predict` needs to use it."""
     save_model(
         out / "model.pt",
         net,
@@ -108,21 +77,54 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
                 "classes": dm.classes,
                 "class_names": dm.class_names,
             },
-            "inference": inference | {"threshold": threshold},
+            "inference": inference,
         },
     )
-    overlays = []
-    for name, slices, labels, pred in zip(
-        test.names, test.slices, test_labels, test_pred, strict=True
-    ):
+
+
+def _write_test_overlays(cfg: DictConfig, dm, out: Path, predictions, labels) -> list[Path]:
+    test, overlays = dm.splits["test"], []
+    for name, slices, truth, pred in zip(test.names, test.slices, labels, predictions, strict=True):
         overlays += write_overlays(
             out / "overlays",
             name,
-            resize_in_plane(slices, labels.shape[1:], order=1),
-            class_map(labels, dm.classes),
+            resize_in_plane(slices, truth.shape[1:], order=1),
+            class_map(truth, dm.classes),
             pred.labels,
             cfg.inference.overlays,
         )
+    return overlays
+
+
+def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str, float]:
+    """Calibrates on validation, scores the test split, writes metrics, model and overlays."""
+    inference = OmegaConf.to_container(cfg.inference, resolve=True)
+    model = model_info(cfg)
+    progress = bool(cfg.trainer.get("enable_progress_bar", True))  # bars over each volume
+    val_pred, val_labels = _segment_split(net, dm, "val", inference, model, progress)
+    val_truth = [class_map(lab, dm.classes) for lab in val_labels]
+    threshold, min_size, calibration = calibrate_decision(val_pred, val_truth, inference)
+    inference["postprocess"]["min_size"] = min_size
+    val_metrics, _ = _score_split(dm, "val", val_pred, val_labels, inference, threshold)
+    test_pred, test_labels = _segment_split(net, dm, "test", inference, model, progress)
+    metrics, per_volume = _score_split(dm, "test", test_pred, test_labels, inference, threshold)
+    metrics.update({k: v for k, v in val_metrics.items() if k.startswith("val/pixel")})
+    metrics["calibration/threshold"] = math.nan if threshold is None else threshold
+    write_metrics(out / "metrics.json", metrics)
+    test = dm.splits["test"]
+    write_json(
+        out / "evaluation.json",
+        {
+            "calibration": calibration,
+            "threshold": threshold,
+            "balance": dm.balance_log,
+            "test_volumes": dict(zip(test.names, per_volume, strict=True)),
+            "counts_columns": ["tp", "fp", "tn", "fn"],
+            "class_names": dm.class_names,
+        },
+    )
+    _save_run_model(cfg, net, dm, out, inference | {"threshold": threshold}, model)
+    overlays = _write_test_overlays(cfg, dm, out, test_pred, test_labels)
     write_test_masks(out / "test_masks", test.volumes, test_pred, dm.classes, dm.plane)
     metrics |= external_validation(cfg, out, progress)
     metrics["recipe"] = cfg.get("recipe_name")

@@ -18,9 +18,8 @@ from penn.inference.dense import segment_slices
 from penn.models.sparse_ae import StackedSparseAutoencoder
 from penn.patches.extract import grid_starts
 from penn.run import check_context_patch, make_datamodule
-
-from .conftest import CONF, TINY, TINY_DATA, assert_model_reproduces_test_counts, compose_cfg
-from .test_run import penn
+from tests.conftest import CONF, TINY, TINY_DATA, assert_model_reproduces_test_counts, compose_cfg
+from tests.test_run import penn
 
 
 def smoothed(slices: np.ndarray, dilation: int) -> np.ndarray:

@@ -13,12 +13,11 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from penn.io.dicom import read_dicom_series
 from penn.io.volume import DataError
-
-from .predict_helpers import run_predict, save_nifti, spine_volume, write_model
+from tests.predict_helpers import run_predict, save_nifti, spine_volume, write_model
 
 QUICK = ("overlays=0", "mesh.enabled=false")
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 # A sagittal series: rows run posterior (LPS +y), columns run down (LPS -z), slices step to the
 # patient's right (LPS -x). Pixel spacing: 0.5 mm between rows, 0.6 mm between columns.

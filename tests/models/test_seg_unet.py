@@ -16,8 +16,7 @@ from omegaconf import open_dict
 from penn.io.volume import DataError
 from penn.lit.schedule import warmup_cosine
 from penn.models.seg_unet import SegUNet
-
-from .conftest import CONF, TINY_SLICES
+from tests.conftest import CONF, TINY_SLICES
 
 
 def _rates(total: int, warmup: int, final: float = 0.0) -> list[float]:

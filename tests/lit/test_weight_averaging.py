@@ -11,8 +11,7 @@ import penn.lit.phases
 from penn.lit.phases import finetune
 from penn.lit.trainer import close_loggers, make_loggers, make_trainer
 from penn.run import make_datamodule
-
-from .conftest import compose_cfg
+from tests.conftest import compose_cfg
 
 EMA = "{_target_:lightning.pytorch.callbacks.EMAWeightAveraging,decay:0.6}"
 

@@ -12,8 +12,7 @@ import pytest
 
 from penn.metrics import metrics_from_counts, surface_distances
 from penn.reports.external import evaluate_external, labelled_extent, score_volume
-
-from .predict_helpers import run_predict, save_nifti, spine_volume, write_model
+from tests.predict_helpers import run_predict, save_nifti, spine_volume, write_model
 
 # 3 x 0.5 x 0.5 mm voxels in RAS order
 BASE = np.array([[3.0, 0, 0, -15.0], [0, 0.5, 0, -10.0], [0, 0, 0.5, 20.0], [0, 0, 0, 1]])

@@ -11,10 +11,9 @@ from penn.checkpoint import CheckpointError, load_model, save_model
 from penn.inference.predictor import predict_volumes
 from penn.models.ensemble import Ensemble, members_of
 from penn.models.sparse_ae import StackedSparseAutoencoder
-
-from .conftest import TINY, assert_model_reproduces_test_counts
-from .predict_helpers import meta
-from .test_run import penn
+from tests.conftest import TINY, assert_model_reproduces_test_counts
+from tests.predict_helpers import meta
+from tests.test_run import penn
 
 
 def networks(n_outputs: int, count: int, context: int = 0) -> list:

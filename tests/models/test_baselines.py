@@ -10,8 +10,7 @@ from penn.models.baselines.opconvnet import OPConvNet
 from penn.models.baselines.padding import crop_to, pad_to_multiple
 from penn.models.baselines.sau_net import SAUNet, neighbour_triplets
 from penn.models.baselines.unet import UNet
-
-from .conftest import CONF
+from tests.conftest import CONF
 
 
 def small_unet(n_outputs: int = 1) -> UNet:

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from penn.lit.timing import EpochTimer
-
-from .conftest import CONF
+from tests.conftest import CONF
 
 LOG = """\
 [2026-11-26 10:00:00,000][penn.data.datamodule][INFO] - split by volume: 11 train, 2 val, 4 test

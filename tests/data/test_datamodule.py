@@ -60,7 +60,7 @@ def test_split_refuses_too_few_volumes():
 
 @pytest.fixture
 def dm_alone(cfg_tiny):
-    """Training patches of the patch alone (tests/test_context.py: with context)."""
+    """Training patches of the patch alone (tests/patches/test_context.py: with context)."""
     cfg_tiny.data.patches.context_dilation = 0
     return set_up(cfg_tiny.data)
 

@@ -10,7 +10,7 @@ import runpy
 
 import pytest
 
-from .conftest import CONF, TINY
+from tests.conftest import CONF, TINY
 
 BENCH = CONF.parent / "experiments" / "bench.py"
 
