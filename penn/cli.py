@@ -4,7 +4,7 @@
 overrides of their configs (``conf/predict.yaml``, ``conf/evaluate.yaml``)::
 
     penn predict -i INPUT -o OUTPUT [-m MODEL] [--device cpu|cuda|auto] [--overlays N]
-                 [--no-mesh] [--debug] [key=value ...]
+                 [--no-mesh] [--no-dicom-seg] [--debug] [key=value ...]
     penn evaluate -p PRED_DIR -g LABEL_DIR [-o OUT_DIR]     # score a folder of masks
     penn evaluate -m MODEL -d DATASET [-o OUT_DIR] [key=value ...]   # segment, then score
 
@@ -86,6 +86,9 @@ def predict_arguments(argv: list[str]) -> list[str]:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
     parser.add_argument("--overlays", type=int, help="overlay PNGs per scan (0: none)")
     parser.add_argument("--no-mesh", action="store_true", help="write no surface meshes")
+    parser.add_argument(
+        "--no-dicom-seg", action="store_true", help="no DICOM SEG (seg.dcm) for DICOM input"
+    )
     parser.add_argument("--debug", action="store_true", help="tracebacks instead of one line")
     args, rest = parser.parse_known_args(argv)
     overrides = _overrides((("input", args.input), ("output", args.output), ("ckpt", args.model)))
@@ -95,6 +98,8 @@ def predict_arguments(argv: list[str]) -> list[str]:
         overrides.append(f"overlays={args.overlays}")
     if args.no_mesh:
         overrides.append("mesh.enabled=false")
+    if args.no_dicom_seg:
+        overrides.append("dicom_seg=false")
     if args.debug:
         overrides.append("debug=true")
     return overrides + rest
@@ -113,6 +118,9 @@ def evaluate_arguments(argv: list[str]) -> tuple[dict | None, list[str]]:
     parser.add_argument("-m", "--model", help="model file to segment the dataset with")
     parser.add_argument("-d", "--dataset", help="labelled dataset folder (nnU-Net raw layout)")
     parser.add_argument("-o", "--output", help="folder for the scores")
+    parser.add_argument(
+        "--no-dicom-seg", action="store_true", help="no DICOM SEG (seg.dcm) for DICOM input"
+    )
     parser.add_argument("--debug", action="store_true", help="tracebacks instead of one line")
     args, rest = parser.parse_known_args(argv)
     if args.pred or args.labels:

@@ -64,7 +64,8 @@ def test_experiment_instantiates_data_model_and_trainer(name, tmp_path):
         assert isinstance(net, StackedSparseAutoencoder)
         assert len(net.stages) == cfg.model.n_layers
     else:  # a whole-slice network keeps the slice size
-        assert net.eval()(torch.rand(1, 1, 40, 36)).shape == (1, 1, 40, 36)
+        channels = cfg.model.net.get("in_channels", 1)  # 3: a slice and its two neighbours
+        assert net.eval()(torch.rand(1, channels, 40, 36)).shape == (1, 1, 40, 36)
     assert isinstance(build_trainer(cfg), L.Trainer)
 
 

@@ -1,4 +1,6 @@
-"""Reading one DICOM series (one file per slice) as a :class:`penn.io.volume.Volume`.
+"""Reading one DICOM series as a :class:`penn.io.volume.Volume`: one file per slice, or an
+enhanced multi-frame file (one frame per slice); compressed transfer syntaxes (JPEG, JPEG-LS,
+JPEG 2000, RLE) are decoded by pydicom's pylibjpeg plugins.
 
 DICOM positions are in the patient's LPS frame; penn (like NIfTI) works in RAS, so the affine is
 built in LPS from the slice geometry and then has its x and y rows negated. Slices are sorted by
@@ -8,6 +10,7 @@ their position along the slice normal (file names and InstanceNumber are not tru
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +20,7 @@ from pydicom.errors import InvalidDicomError
 
 from penn.io.volume import DataError, Volume
 
-__all__ = ["is_dicom_file", "read_dicom_series", "series_affine"]
+__all__ = ["Plane", "is_dicom_file", "read_dicom_series", "series_affine", "sorted_planes"]
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +67,89 @@ def series_in_folder(folder: str | Path) -> list[tuple[str, str]]:
     ]
 
 
-def _read_slices(folder: Path, series: str | None = None) -> list[tuple[Path, pydicom.Dataset]]:
-    """Every non-hidden file of ``folder`` as (path, dataset), checked to be one series; with
+@dataclass
+class Plane:
+    """One slice of a series: a classic file, or one frame of an enhanced multi-frame file."""
+
+    where: str  # the file, and the frame of a multi-frame file, for messages
+    ds: pydicom.Dataset
+    frame: int | None
+    position: np.ndarray
+    orientation: np.ndarray
+    spacing: tuple[float, float]
+    slope: float
+    intercept: float
+
+    def pixels(self) -> np.ndarray:
+        try:
+            array = self.ds.pixel_array
+        except (AttributeError, ValueError, RuntimeError, NotImplementedError) as err:
+            syntax = self.ds.file_meta.get("TransferSyntaxUID", "unknown")
+            raise DataError(
+                f"{self.where}: cannot decode pixel data of transfer syntax {syntax} "
+                f"({type(err).__name__}: {err})"
+            ) from err
+        return array if self.frame is None else array[self.frame]
+
+
+def _functional(ds: pydicom.Dataset, frame: int, sequence: str, item: str):
+    """An attribute of an enhanced file's frame: its per-frame group, else the shared one."""
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        seq = ds.get(groups)
+        if not seq:
+            continue
+        group = seq[frame] if groups.startswith("PerFrame") else seq[0]
+        if sequence in group and item in group[sequence][0]:
+            return group[sequence][0][item].value
+    return None
+
+
+def _frames(path: Path, ds: pydicom.Dataset) -> list[Plane]:
+    """The slices of one file: itself, or each frame of an enhanced multi-frame file."""
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        missing = [k for k in _GEOMETRY if k not in ds]
+        if missing:
+            raise DataError(f"{path}: DICOM slice lacks {missing}")
+        return [
+            Plane(
+                str(path),
+                ds,
+                None,
+                np.asarray(ds.ImagePositionPatient, float),
+                np.asarray(ds.ImageOrientationPatient, float),
+                tuple(float(v) for v in ds.PixelSpacing),
+                float(ds.get("RescaleSlope", 1) or 1),
+                float(ds.get("RescaleIntercept", 0) or 0),
+            )
+        ]
+    planes = []
+    for k in range(int(ds.get("NumberOfFrames", 1))):
+        position = _functional(ds, k, "PlanePositionSequence", "ImagePositionPatient")
+        orientation = _functional(ds, k, "PlaneOrientationSequence", "ImageOrientationPatient")
+        spacing = _functional(ds, k, "PixelMeasuresSequence", "PixelSpacing")
+        if position is None or orientation is None or spacing is None:
+            raise DataError(f"{path} frame {k + 1}: no plane position, orientation or spacing")
+        slope = _functional(ds, k, "PixelValueTransformationSequence", "RescaleSlope")
+        intercept = _functional(ds, k, "PixelValueTransformationSequence", "RescaleIntercept")
+        planes.append(
+            Plane(
+                f"{path} frame {k + 1}",
+                ds,
+                k,
+                np.asarray(position, float),
+                np.asarray(orientation, float),
+                tuple(float(v) for v in spacing),
+                float(slope if slope not in (None, "") else 1),
+                float(intercept if intercept not in (None, "") else 0),
+            )
+        )
+    return planes
+
+
+def _read_planes(folder: Path, series: str | None = None) -> list[Plane]:
+    """Every slice of the non-hidden files of ``folder``, checked to be one series; with
     ``series`` (a SeriesInstanceUID), the files of that series only."""
-    slices = []
+    planes, uids = [], set()
     for path in _files(folder):
         try:
             if series is not None:  # the header first: another series' pixels are not read
@@ -79,16 +161,13 @@ def _read_slices(folder: Path, series: str | None = None) -> list[tuple[Path, py
             raise DataError(
                 f"{path}: not a readable DICOM file ({type(err).__name__}: {err})"
             ) from err
-        missing = [k for k in _GEOMETRY if k not in ds]
-        if missing:
-            raise DataError(f"{path}: DICOM slice lacks {missing}")
-        slices.append((path, ds))
-    if not slices:
+        uids.add(str(ds.get("SeriesInstanceUID", "")))
+        planes += _frames(path, ds)
+    if not planes:
         raise DataError(f"{folder}: no DICOM files")
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
-    if len(series) > 1:
-        raise DataError(f"{folder}: holds {len(series)} DICOM series; put each in its own folder")
-    return slices
+    if len(uids) > 1:
+        raise DataError(f"{folder}: holds {len(uids)} DICOM series; put each in its own folder")
+    return planes
 
 
 def series_affine(
@@ -151,40 +230,47 @@ def read_dicom_series(
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: DICOM series folder not found")
-    slices = _read_slices(folder, series)
-    path0, ds0 = slices[0]
-    orientation = np.asarray(ds0.ImageOrientationPatient, float)
-    for path, ds in slices:
-        if (ds.Rows, ds.Columns) != (ds0.Rows, ds0.Columns):
-            raise DataError(
-                f"{path}: {ds.Rows}x{ds.Columns} pixels != {path0.name} {ds0.Rows}x{ds0.Columns}"
-            )
-        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), orientation, atol=1e-4):
-            raise DataError(f"{path}: ImageOrientationPatient differs from {path0.name}")
-    normal = np.cross(orientation[:3], orientation[3:])
-    positions = np.array([np.asarray(ds.ImagePositionPatient, float) for _, ds in slices])
-    order = np.argsort(positions @ normal, kind="stable")
-    positions = positions[order]
-    slices = [slices[i] for i in order]
-    step = _slice_step(folder, positions, normal, ds0)
-    planes = []
-    for path, ds in slices:
-        try:
-            pixels = ds.pixel_array.astype(np.float64)
-        except (AttributeError, ValueError, RuntimeError, NotImplementedError) as err:
-            raise DataError(
-                f"{path}: cannot decode pixel data ({type(err).__name__}: {err})"
-            ) from err
-        if pixels.shape != (ds0.Rows, ds0.Columns):
-            raise DataError(f"{path}: pixel data of shape {pixels.shape}, expected one 2D frame")
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        planes.append((pixels * slope + intercept).T)  # [row, column] -> [column, row]
-    native = np.stack(planes, axis=-1).astype(np.float32)
+    planes, positions, step = sorted_planes(folder, series)
+    first = planes[0]
+    size = (first.ds.Rows, first.ds.Columns)
+    native = np.stack([_stored_plane(plane, size) for plane in planes], axis=-1)
     if not np.isfinite(native).all():
         raise DataError(f"{folder}: {int((~np.isfinite(native)).sum())} NaN/Inf voxels")
-    affine = series_affine(orientation, ds0.PixelSpacing, positions[0], step)
-    return _as_volume(name or folder.name, native, affine)
+    affine = series_affine(first.orientation, first.spacing, positions[0], step)
+    return _as_volume(name or folder.name, native.astype(np.float32), affine)
+
+
+def sorted_planes(
+    folder: str | Path, series: str | None = None
+) -> tuple[list[Plane], np.ndarray, np.ndarray]:
+    """A series' slices sorted along their normal, as :func:`read_dicom_series` stacks them:
+    (planes, their LPS positions (S, 3), the LPS step between slices), checked to share one
+    size and orientation."""
+    folder = Path(folder)
+    planes = _read_planes(folder, series)
+    first = planes[0]
+    size = (first.ds.Rows, first.ds.Columns)
+    for plane in planes:
+        if (plane.ds.Rows, plane.ds.Columns) != size:
+            raise DataError(
+                f"{plane.where}: {plane.ds.Rows}x{plane.ds.Columns} pixels != "
+                f"{first.where} {size[0]}x{size[1]}"
+            )
+        if not np.allclose(plane.orientation, first.orientation, atol=1e-4):
+            raise DataError(f"{plane.where}: ImageOrientationPatient differs from {first.where}")
+    normal = np.cross(first.orientation[:3], first.orientation[3:])
+    positions = np.array([plane.position for plane in planes])
+    order = np.argsort(positions @ normal, kind="stable")
+    positions, planes = positions[order], [planes[i] for i in order]
+    return planes, positions, _slice_step(folder, positions, normal, first.ds)
+
+
+def _stored_plane(plane: Plane, size: tuple[int, int]) -> np.ndarray:
+    """A slice's rescaled values, indexed [column, row]."""
+    pixels = plane.pixels().astype(np.float64)
+    if pixels.shape != size:
+        raise DataError(f"{plane.where}: pixel data of shape {pixels.shape}, expected one 2D frame")
+    return (pixels * plane.slope + plane.intercept).T
 
 
 def _as_volume(name: str, native: np.ndarray, affine: np.ndarray) -> Volume:

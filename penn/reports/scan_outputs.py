@@ -28,6 +28,7 @@ from penn.reports.clinical import (
     vertebral_bodies,
     voxel_volume_ml,
 )
+from penn.reports.dicom_seg import dicom_seg_bytes
 from penn.reports.figures import overlay_figure, pick_slices
 from penn.reports.mesh import mesh_bytes, surface_mesh
 
@@ -222,7 +223,8 @@ def write_scan(
         result: (slices, labels, probabilities) from :func:`segment_volume`.
         truth: canonical truth class map for the overlays, or None.
         classes: per class, its label values in the training data; the mask holds the first.
-        cfg: the predict config (``write_probabilities``, ``overlays``, ``mesh``).
+        cfg: the predict config (``write_probabilities``, ``overlays``, ``mesh``,
+            ``dicom_seg``: a DICOM SEG ``seg.dcm`` beside the mask when the scan is DICOM).
     """
     slices, labels, probs = result
     values = label_values(classes)
@@ -242,6 +244,8 @@ def write_scan(
         files["overlays"] = _write_overlays(
             tmp, scan.name, slices, labels, truth, plane, cfg["overlays"]
         )
+        if cfg.get("dicom_seg", True) and scan.kind == "dicom":
+            files["dicom_seg"] = _write_dicom_seg(tmp, scan, volume, labels, class_names)
         files["meshes"] = {}
         if cfg["mesh"]["enabled"]:
             for k, name in enumerate(class_names, start=1):
@@ -258,6 +262,17 @@ def write_scan(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_dicom_seg(tmp: Path, scan: Scan, volume: Volume, labels, class_names) -> str | None:
+    """``seg.dcm`` of a DICOM scan; a series highdicom cannot reference (a required attribute
+    missing, as in some stripped exports) gets a warning instead, the other outputs stay."""
+    try:
+        payload = dicom_seg_bytes(labels, volume, scan.path, scan.series, class_names)
+    except (AttributeError, ValueError, TypeError, KeyError) as err:
+        log.warning("%s: no DICOM SEG written (%s: %s)", scan.path, type(err).__name__, err)
+        return None
+    return write_atomic_bytes(tmp / "seg.dcm", payload).name
 
 
 def _swap_into_place(tmp: Path, target: Path) -> Path:

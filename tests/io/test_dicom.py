@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import highdicom as hd
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    MRImageStorage,
+    RLELossless,
+    generate_uid,
+)
 
 from penn.io.dicom import read_dicom_series
 from penn.io.volume import DataError
@@ -41,7 +49,7 @@ def write_series(folder: Path, native: np.ndarray, order: list[int] | None = Non
     Files are named in ``order`` (default: reversed), so reading must sort by position.
     """
     folder.mkdir(parents=True)
-    series, study = generate_uid(), generate_uid()
+    series, study, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
     n = native.shape[2]
     for file_index, k in enumerate(order or list(range(n))[::-1]):
         meta = FileMetaDataset()
@@ -51,7 +59,10 @@ def write_series(folder: Path, native: np.ndarray, order: list[int] | None = Non
         ds = pydicom.Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.PatientName = "MR", "Phantom^Spine"
+        ds.Modality, ds.PatientName, ds.PatientID = "MR", "Phantom^Spine", "P0"
+        ds.PatientBirthDate, ds.PatientSex, ds.ReferringPhysicianName = "", "O", ""
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
+        ds.SeriesNumber, ds.FrameOfReferenceUID = 3, frame_of_reference
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
         ds.InstanceNumber = file_index + 1  # deliberately not the spatial order
         ds.ImageOrientationPatient = [*ROW_DIR, *COL_DIR]
@@ -170,3 +181,86 @@ def test_a_folder_of_two_series_gives_one_scan_per_series(tmp_path):
     for scan, number in zip(scans, (7, 8), strict=True):
         np.testing.assert_array_equal(read_scan(scan).image, alone[number].image)
         np.testing.assert_array_equal(read_scan(scan).affine, alone[number].affine)
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, JPEGLSLossless], ids=str)
+def test_a_compressed_series_reads_like_the_uncompressed_one(tmp_path, syntax):
+    stored = stored_values((64, 72, 4))  # JPEG 2000's resolution levels need 64 px or more
+    plain = write_series(tmp_path / "plain", stored)
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for path in sorted(plain.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.compress(syntax)
+        ds.save_as(packed / path.name)
+    assert pydicom.dcmread(next(packed.iterdir())).file_meta.TransferSyntaxUID == syntax
+    reference, volume = read_dicom_series(plain), read_dicom_series(packed)
+    np.testing.assert_array_equal(volume.image, reference.image)
+    np.testing.assert_allclose(volume.affine, reference.affine)
+
+
+def test_an_enhanced_multiframe_file_reads_like_its_series(tmp_path):
+    """highdicom converts the classic series into one enhanced MR file (frames in file order,
+    geometry in the functional groups): the same voxels, affine and rescaling come out."""
+    stored = stored_values()
+    plain = write_series(tmp_path / "plain", stored)
+    legacy = [pydicom.dcmread(p) for p in sorted(plain.iterdir())]
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(
+        legacy,
+        series_instance_uid=generate_uid(),
+        series_number=7,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
+    folder = tmp_path / "enhanced"
+    folder.mkdir()
+    enhanced.save_as(folder / "enhanced.dcm")
+    assert int(pydicom.dcmread(folder / "enhanced.dcm").NumberOfFrames) == stored.shape[2]
+    reference, volume = read_dicom_series(plain), read_dicom_series(folder)
+    np.testing.assert_array_equal(volume.image, reference.image)
+    np.testing.assert_allclose(volume.original_affine, EXPECTED_AFFINE, atol=1e-6)
+
+
+def test_dicom_input_gets_a_dicom_seg_whose_frames_are_the_mask(tmp_path):
+    """seg.dcm read back with highdicom: one segment per class, and the frames of each source
+    slice equal that slice of mask.nii.gz (the series' own grid, slices sorted by position)."""
+    model = write_model(tmp_path / "model.pt", 3)
+    image, _ = spine_volume((8, 40, 72))
+    native = np.transpose(image[:, ::-1, ::-1], (1, 2, 0))
+    stored = np.round((native - INTERCEPT) / SLOPE).astype(np.uint16)
+    series = write_series(tmp_path / "series1", stored)
+    run_predict(model, series, tmp_path / "out", *QUICK)
+    mask = np.asanyarray(nib.load(tmp_path / "out" / "series1" / "mask.nii.gz").dataobj)
+    seg = hd.seg.segread(tmp_path / "out" / "series1" / "seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["vertebra", "tumor"]
+    # the files' slice k lies at FIRST + k * STEP: sort the source UIDs by that position
+    sources = sorted(
+        (pydicom.dcmread(p) for p in series.iterdir()),
+        key=lambda ds: float(np.asarray(ds.ImagePositionPatient) @ (STEP / np.linalg.norm(STEP))),
+    )
+    uids = [ds.SOPInstanceUID for ds in sources]
+    for number in (1, 2):
+        frames = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=uids, segment_numbers=[number]
+        )[..., 0]  # (slice, row, column)
+        np.testing.assert_array_equal(frames, (mask == number).transpose(2, 1, 0))
+    assert (mask == 1).any() and (mask == 2).any()
+    run_predict(model, series, tmp_path / "plain", *QUICK, "dicom_seg=false")
+    assert not (tmp_path / "plain" / "series1" / "seg.dcm").exists()
+
+
+def test_a_series_highdicom_cannot_reference_still_gets_its_mask(tmp_path, caplog):
+    """Without PatientID (a stripped export) no SEG can be built: one warning, the rest written."""
+    model = write_model(tmp_path / "model.pt", 3)
+    series = write_series(tmp_path / "series1", stored_values((40, 36, 4)))
+    for path in series.iterdir():
+        ds = pydicom.dcmread(path)
+        del ds.PatientID
+        ds.save_as(path)
+    with caplog.at_level("WARNING"):
+        run_predict(model, series, tmp_path / "out", *QUICK)
+    assert (tmp_path / "out" / "series1" / "mask.nii.gz").is_file()
+    assert not (tmp_path / "out" / "series1" / "seg.dcm").exists()
+    assert any(
+        "no DICOM SEG" in r.getMessage() and "PatientID" in r.getMessage() for r in caplog.records
+    )
