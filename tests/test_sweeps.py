@@ -228,6 +228,24 @@ def test_wandb_offline_needs_no_network_and_keeps_every_test_metric(phantom_dir,
     expected = metrics(run)
     for m in METRICS:
         assert summary[f"test/pixel/{m}"] == pytest.approx(expected[f"test/pixel/{m}"])
+    # the per-volume table (the test counts of evaluation.json) and the model file go with it
+    (table_file,) = (offline / "files" / "media" / "table" / "test").glob("per_volume_*.json")
+    table = json.loads(table_file.read_text())
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    expected_rows = [
+        [name, cls, *counts[k], 2 * counts[k][0] / (2 * counts[k][0] + counts[k][1] + counts[k][3])]
+        for name, counts in evaluation["test_volumes"].items()
+        for k, cls in enumerate(evaluation["class_names"], start=1)
+    ]
+    assert table["columns"] == ["volume", "class", "tp", "fp", "tn", "fn", "dice"]
+    assert table["data"] == expected_rows
+    records = wandb_records(next(offline.glob("run-*.wandb")))
+    models = [
+        r.artifact
+        for r in records
+        if r.WhichOneof("record_type") == "artifact" and r.artifact.type == "model"
+    ]
+    assert [[f.path for f in a.manifest.contents] for a in models] == [["model.pt"]]
 
 
 def test_optuna_search_survives_an_undefined_metric(phantom_dir, tmp_path):

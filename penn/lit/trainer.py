@@ -99,8 +99,15 @@ def resume_phase(ckpt_path: str | None) -> tuple[str, int, str | None]:
     return "finetune", member, str(path)
 
 
-def log_final(loggers: list[Logger], metrics: dict[str, float], images: list[Path]) -> None:
-    """Sends the final metrics (and overlay images to W&B) to every logger."""
+def log_final(
+    loggers: list[Logger],
+    metrics: dict[str, float],
+    images: list[Path],
+    table: tuple[list[str], list[list]] | None = None,
+    model_file: Path | None = None,
+) -> None:
+    """Sends the final metrics to every logger; W&B also gets the overlay images, the per-volume
+    ``table`` (columns, rows) as ``test/per_volume`` and ``model_file`` as a model artifact."""
     finite = {
         k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)
     }
@@ -114,7 +121,20 @@ def log_final(loggers: list[Logger], metrics: dict[str, float], images: list[Pat
                     [str(p) for p in images[:8]],
                     caption=[p.stem for p in images[:8]],
                 )
+            if table is not None:
+                logger.log_table("test/per_volume", columns=table[0], data=table[1])
+            if model_file is not None:
+                _log_model(logger, Path(model_file))
         logger.save()
+
+
+def _log_model(logger: WandbLogger, path: Path) -> None:
+    """The model file as a W&B artifact of type ``model`` (uploaded by ``wandb sync`` offline)."""
+    import wandb
+
+    artifact = wandb.Artifact(f"model-{logger.experiment.id}", type="model")
+    artifact.add_file(str(path), name=path.name)
+    logger.experiment.log_artifact(artifact)
 
 
 def close_loggers(loggers: list[Logger]) -> None:

@@ -96,6 +96,17 @@ def _write_test_overlays(cfg: DictConfig, dm, out: Path, predictions, labels) ->
     return overlays
 
 
+def _volume_table(dm, per_volume: list) -> tuple[list[str], list[list]]:
+    """The test split's counts per volume and class, with their Dice, as (columns, rows)."""
+    rows = []
+    for name, counts in zip(dm.splits["test"].names, per_volume, strict=True):
+        for k, class_name in enumerate(dm.class_names, start=1):
+            tp, fp, tn, fn = (int(v) for v in counts[k])
+            dice = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else float("nan")
+            rows.append([name, class_name, tp, fp, tn, fn, dice])
+    return ["volume", "class", "tp", "fp", "tn", "fn", "dice"], rows
+
+
 def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str, float]:
     """Calibrates on validation, scores the test split, writes metrics, model and overlays."""
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
@@ -129,7 +140,7 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
     metrics |= external_validation(cfg, out, progress)
     metrics["recipe"] = cfg.get("recipe_name")
     write_metrics(out / "metrics.json", metrics)
-    log_final(loggers, metrics, overlays)
+    log_final(loggers, metrics, overlays, _volume_table(dm, per_volume), out / "model.pt")
     return metrics
 
 
