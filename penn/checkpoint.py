@@ -122,7 +122,8 @@ _REQUIRED = {
 
 
 def model_info(cfg) -> dict:
-    """How the network sees the data: ``level`` patch or pixel, SAU-Net's ``context_offset``."""
+    """How the network sees the data: ``level`` patch or pixel, and ``context_offset``, the
+    neighbour slices of 2.5D input (SAU-Net, seg_unet; 0: one slice)."""
     level = cfg.model.get("level", "patch")
     if level not in ("patch", "pixel"):
         raise ValueError(f"model.level={level!r}: use 'patch' or 'pixel'")
