@@ -146,17 +146,19 @@ def _frames(path: Path, ds: pydicom.Dataset) -> list[Plane]:
     return planes
 
 
-def _read_planes(folder: Path, series: str | None = None) -> list[Plane]:
+def _read_planes(folder: Path, series: str | None = None, pixels: bool = True) -> list[Plane]:
     """Every slice of the non-hidden files of ``folder``, checked to be one series; with
-    ``series`` (a SeriesInstanceUID), the files of that series only."""
+    ``series`` (a SeriesInstanceUID), the files of that series only; ``pixels=False``: the
+    headers alone."""
     planes, uids = [], set()
     for path in _files(folder):
         try:
-            if series is not None:  # the header first: another series' pixels are not read
+            header = None
+            if series is not None or not pixels:
                 header = pydicom.dcmread(path, stop_before_pixels=True)
-                if str(header.get("SeriesInstanceUID", "")) != series:
-                    continue
-            ds = pydicom.dcmread(path)
+                if series is not None and str(header.get("SeriesInstanceUID", "")) != series:
+                    continue  # another series' pixels are not read
+            ds = pydicom.dcmread(path) if pixels else header
         except (InvalidDicomError, OSError, EOFError, ValueError) as err:
             raise DataError(
                 f"{path}: not a readable DICOM file ({type(err).__name__}: {err})"
@@ -241,13 +243,13 @@ def read_dicom_series(
 
 
 def sorted_planes(
-    folder: str | Path, series: str | None = None
+    folder: str | Path, series: str | None = None, pixels: bool = True
 ) -> tuple[list[Plane], np.ndarray, np.ndarray]:
     """A series' slices sorted along their normal, as :func:`read_dicom_series` stacks them:
     (planes, their LPS positions (S, 3), the LPS step between slices), checked to share one
-    size and orientation."""
+    size and orientation. ``pixels=False`` reads the headers only (no pixel data)."""
     folder = Path(folder)
-    planes = _read_planes(folder, series)
+    planes = _read_planes(folder, series, pixels)
     first = planes[0]
     size = (first.ds.Rows, first.ds.Columns)
     for plane in planes:

@@ -72,7 +72,7 @@ def dicom_seg_bytes(
         folder: the series folder; ``series`` its SeriesInstanceUID in a mixed folder, or None.
         class_names: the model's classes, in order.
     """
-    planes, _, _ = sorted_planes(folder, series)
+    planes, _, _ = sorted_planes(folder, series, pixels=False)  # the geometry and UIDs only
     sources, frames = _frames(labels, volume, planes)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="penn", version=_penn_version(), family=codes.cid7162.ArtificialIntelligence
