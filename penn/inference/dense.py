@@ -179,6 +179,16 @@ class _CopyBack:
 
 
 @torch.inference_mode()
+def _segment_chunk(net, volume, start: int, stop: int, offset: int, device) -> np.ndarray:
+    """Probabilities of slices ``start:stop`` from ``net.segment_volume`` on them and their
+    neighbours; at the volume's ends its own edge replication applies, as for the triplets."""
+    lo, hi = max(start - offset, 0), min(stop + offset, len(volume))
+    logits = net.segment_volume(volume[lo:hi, None].to(device), offset)[start - lo : stop - lo]
+    probs = torch.sigmoid(logits) if logits.shape[1] == 1 else logits.softmax(dim=1)
+    return probs.float().cpu().numpy()
+
+
+@torch.inference_mode()
 def segment_slices_pixelwise(
     net: nn.Module,
     slices: np.ndarray,
@@ -193,6 +203,9 @@ def segment_slices_pixelwise(
     (D-TVNet's contour branch is ignored). With ``context_offset`` k > 0 (SAU-Net) each slice
     is fed with its neighbours i - k and i + k (edges replicated) as three channels.
     K = 1: sigmoid; else softmax, as for every baseline. ``progress`` shows a bar over the batches.
+    A net with ``segment_volume(slices, offset)`` (SAU-Net) computes each slice's features once
+    per batch instead of once per triplet it is part of: the batch's slices and the ``k`` beyond
+    each end go through it, and the batch's logits are kept (identical to the triplets').
     """
     was_training = net.training
     net.eval().to(device)
@@ -200,7 +213,11 @@ def segment_slices_pixelwise(
     last, chunks = len(volume) - 1, []
     starts = range(0, len(volume), batch_slices)
     for start in tqdm(starts, desc="segment", disable=not progress, leave=False):
-        index = torch.arange(start, min(start + batch_slices, len(volume)))
+        stop = min(start + batch_slices, len(volume))
+        if context_offset and hasattr(net, "segment_volume"):
+            chunks.append(_segment_chunk(net, volume, start, stop, context_offset, device))
+            continue
+        index = torch.arange(start, stop)
         if context_offset:
             picks = [(index + d).clamp(0, last) for d in (-context_offset, 0, context_offset)]
             x = torch.stack([volume[p] for p in picks], dim=1)

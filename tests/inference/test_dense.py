@@ -9,6 +9,7 @@ from penn.inference.engines import classify_unfolded, patch_logits
 from penn.inference.fcn import to_fully_convolutional
 from penn.models.baselines.dtvnet import DTVNet
 from penn.models.baselines.opconvnet import OPConvNet
+from penn.models.baselines.sau_net import SAUNet, neighbour_triplets
 from penn.models.sparse_ae import StackedSparseAutoencoder
 from penn.patches.extract import grid_starts
 from penn.postprocess import decide, postprocess
@@ -170,6 +171,20 @@ def test_pixelwise_nets_segment_in_batches_with_the_main_head():
     assert net.training and probs.shape == (3, 1, 13, 11)
     with torch.no_grad():
         expected = torch.sigmoid(net.eval()(torch.from_numpy(slices)[:, None])[0]).numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(("offset", "batch"), [(1, 3), (2, 2), (3, 4)])
+def test_saunet_batches_with_their_neighbours_equal_the_triplets(offset, batch):
+    """Features once per batch (+ k slices beyond each end) give the triplets' probabilities."""
+    torch.manual_seed(0)
+    net = SAUNet(1, 4, 4, 2, 2, 2, 8, 8).eval()
+    slices = np.random.default_rng(1).random((7, 12, 16)).astype(np.float32)
+    probs = segment_slices_pixelwise(net, slices, batch_slices=batch, context_offset=offset)
+    with torch.no_grad():
+        triplets = neighbour_triplets(torch.from_numpy(slices)[:, None], offset)
+        expected = torch.sigmoid(net(triplets)).numpy()
+    assert probs.shape == (7, 1, 12, 16)
     np.testing.assert_allclose(probs, expected, atol=1e-5)
 
 
