@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import hydra
@@ -26,6 +27,7 @@ from omegaconf import DictConfig
 
 from penn.checkpoint import model_info
 from penn.lit.phases import finetune, pretrain
+from penn.lit.timing import machine_name
 from penn.lit.trainer import close_loggers, make_loggers, resume_phase
 from penn.reports.run_evaluation import evaluate_and_write
 from penn.reports.run_files import metrics_table
@@ -77,12 +79,15 @@ def train(cfg: DictConfig) -> float:
     check_context_patch(cfg, net, dm)
     loggers = make_loggers(cfg)
     try:
-        resume = resume_phase(cfg.ckpt_path)
+        resume, record, start = resume_phase(cfg.ckpt_path), {}, time.perf_counter()
         pretrain(cfg, net, dm, loggers, resume)
-        net = finetune(cfg, net, dm, loggers, resume)
+        net = finetune(cfg, net, dm, loggers, resume, record)
+        record["time/train_s"] = time.perf_counter() - start  # this process's share if resumed
+        record["model/parameters"] = float(sum(p.numel() for p in net.parameters()))
+        record["machine"] = machine_name(str(cfg.trainer.accelerator))
         if rank_zero_only.rank != 0:  # DDP: every rank trains; rank 0 alone tests and writes
             return 0.0
-        metrics = evaluate_and_write(cfg, net, dm, out, loggers)
+        metrics = evaluate_and_write(cfg, net, dm, out, loggers, record)
     finally:
         close_loggers(loggers)
     print(f"\n{metrics_table(metrics)}\n\nmetrics: {out / 'metrics.json'}")  # the one print

@@ -58,6 +58,31 @@ def test_each_baseline_trains_calibrates_and_scores_like_penn(model, phantom_dir
     assert meta["model"]["context_offset"] == (1 if model == "sau_net" else 0)
     csv = (tmp_path / "csv" / "metrics.csv").read_text()
     assert "train/pixel/loss" in csv and "val/pixel/dice" in csv
+    # no early stopping by default: the one configured epoch, then the record of the run
+    assert (metrics["train/epochs"], metrics["train/stopped_early"]) == (1.0, 0.0)
+    assert metrics["model/parameters"] == sum(p.numel() for p in net.parameters())
+    assert metrics["time/train_s"] > 0 and metrics["time/segment_s_per_volume"] > 0
+    assert metrics["machine"].startswith("CPU, ") and metrics["test/pixel/hd95_mm"] >= 0
+
+
+def test_early_stopping_ends_fine_tuning_when_validation_dice_stalls(phantom_dir, tmp_path):
+    """An improvement of 2 (Dice) is impossible: patience 1 stops after the second epoch."""
+    extra = [
+        "model.finetune.epochs=6",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=2.0",
+    ]
+    metrics = run("unet", phantom_dir, tmp_path, *extra)
+    assert (metrics["train/epochs"], metrics["train/stopped_early"]) == (2.0, 1.0)
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    cells = [r.split(",") for r in rows[1:]]
+    validations = [
+        c for c in cells if c[header.index("val/pixel/dice")] and c[header.index("epoch")]
+    ]
+    assert len(validations) == 2
+    per_epoch = int(validations[0][header.index("step")]) + 1
+    assert metrics["train/steps"] == 2 * per_epoch
 
 
 def test_model_file_reproduces_the_runs_test_counts(phantom_dir, tmp_path):

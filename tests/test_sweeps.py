@@ -124,7 +124,8 @@ def test_fig6_script_draws_heatmaps_with_each_jobs_value(layer_sweep, tmp_path, 
 
 def test_table_scripts_work_with_penn_rows_only(layer_sweep, tmp_path, capsys):
     assert load_script("table2")([str(layer_sweep), "--out", str(tmp_path)]) == 0
-    assert "| penn | 4 |" in capsys.readouterr().out
+    # the sweep's runs had no early stopping: marked as not converged
+    assert "| PENN (not converged: 0 of 4 stopped early) | 4 |" in capsys.readouterr().out
     assert load_script("table1_ablation")([str(layer_sweep), "--out", str(tmp_path)]) == 0
     assert "| penn, lambda = 0.004, beta = 4, rho = 0.15 | 4 |" in capsys.readouterr().out
     assert (tmp_path / "table1.csv").is_file() and (tmp_path / "table2.md").is_file()
@@ -176,8 +177,11 @@ def test_joblib_launcher_runs_the_jobs_in_parallel(joblib_sweep):
 
 
 def test_one_seed_gives_identical_metrics(joblib_sweep):
-    first, second = (metrics(job) for job in jobs(joblib_sweep[0]))
-    assert first == second
+    first, second = (
+        {k: v for k, v in metrics(job).items() if not k.startswith("time/")}
+        for job in jobs(joblib_sweep[0])
+    )
+    assert first == second  # wall-clock times aside
     assert {OmegaConf.load(j / ".hydra" / "config.yaml").seed for j in jobs(joblib_sweep[0])} == {7}
 
 

@@ -100,8 +100,19 @@ def n_members(cfg: DictConfig) -> int:
     return members
 
 
-def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | None]):
+def finetune(
+    cfg: DictConfig,
+    net,
+    dm,
+    loggers,
+    resume: tuple[str, int, str | None],
+    record: dict[str, float] | None = None,
+):
     """Supervised training of the whole network; returns the trained network.
+
+    ``record``, when given, receives how the training went: ``train/epochs`` and
+    ``train/steps`` (summed over the members trained here) and ``train/stopped_early`` (1.0 when
+    every one of them was stopped by ``callbacks.early_stopping``, else 0.0).
 
     With ``model.finetune.members`` = m > 1, m copies of the (pretrained) network are fine-tuned,
     member k on its own patch stream (``data.split.seed`` + k for the balanced draws and their
@@ -136,7 +147,9 @@ def finetune(cfg: DictConfig, net, dm, loggers, resume: tuple[str, int, str | No
             if member > 0:
                 L.seed_everything(cfg.seed + member, workers=True)
             dm.stream_offset = member
-            _fit_member(cfg, net, dm, loggers, member, ckpt if member == first else None)
+            done = _fit_member(cfg, net, dm, loggers, member, ckpt if member == first else None)
+            if record is not None:
+                _add_record(record, done)
         trained.append(net)
     dm.stream_offset = 0
     return trained[0] if members == 1 else Ensemble(trained)
@@ -180,9 +193,18 @@ def _restore(module: L.LightningModule, path: str | Path) -> None:
     module.load_state_dict(state)
 
 
-def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None) -> None:
+def _add_record(record: dict[str, float], done: dict[str, float]) -> None:
+    for key in ("train/epochs", "train/steps"):
+        record[key] = record.get(key, 0.0) + done[key]
+    record["train/stopped_early"] = min(
+        record.get("train/stopped_early", 1.0), done["train/stopped_early"]
+    )
+
+
+def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None) -> dict:
     """Fine-tunes one network (ensemble member ``member``); leaves its best weights in ``net``
-    (with ``model.finetune.weight_average``, the averaged weights of the best epoch)."""
+    (with ``model.finetune.weight_average``, the averaged weights of the best epoch) and returns
+    its epochs, optimizer steps and whether early stopping ended it."""
     module = supervised_module(cfg, net, dm.n_classes, member)
     callbacks = []
     mining = cfg.model.finetune.get("hard_negatives")
@@ -204,3 +226,11 @@ def _fit_member(cfg: DictConfig, net, dm, loggers, member: int, ckpt: str | None
     if best:
         _restore(module, best)
         log.info("restored best fine-tuning checkpoint %s", best)
+    stopped = any(getattr(c, "stopped_epoch", 0) > 0 for c in trainer.early_stopping_callbacks)
+    if stopped:
+        log.info("early stopping ended fine-tuning after %d epochs", trainer.current_epoch)
+    return {
+        "train/epochs": float(trainer.current_epoch),
+        "train/steps": float(trainer.global_step),
+        "train/stopped_early": float(stopped),
+    }

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import lightning as L
 import torch
 from typing_extensions import override
 
-__all__ = ["EpochTimer"]
+__all__ = ["EpochTimer", "machine_name"]
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +20,13 @@ def _now(module: L.LightningModule) -> float:
     if module.device.type == "cuda":
         torch.cuda.synchronize(module.device)
     return time.perf_counter()
+
+
+def machine_name(accelerator: str) -> str:
+    """Where a run trains, for its results: the GPU's name, or ``CPU, <n> cores``."""
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU, {len(os.sched_getaffinity(0))} cores"
 
 
 class EpochTimer(L.Callback):

@@ -36,7 +36,8 @@ def make_trainer(
 ) -> L.Trainer:
     """A Trainer for one phase, checkpointing into ``checkpoints/<phase>/`` (best and last).
 
-    Pretraining stages have no validation, so their checkpoint is simply the latest epoch.
+    Pretraining stages have no validation, so their checkpoint is simply the latest epoch, and
+    ``callbacks.early_stopping`` (when its patience is set) stops fine-tuning phases only.
     ``callbacks`` are added to the configured ones for this phase only.
     """
     dirpath = Path(cfg.paths.output_dir) / "checkpoints" / phase
@@ -62,6 +63,9 @@ def make_trainer(
             )
         )
     extra = [instantiate(node) for node in (cfg.callbacks.get("extra") or {}).values() if node]
+    stopping = cfg.callbacks.get("early_stopping")
+    if monitored and stopping and stopping.get("patience") is not None:
+        extra.append(instantiate(stopping))
     return instantiate(
         cfg.trainer,
         max_epochs=max_epochs,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,14 @@ from penn.io.files import write_json
 from penn.io.labels import class_map, labelled_mask
 from penn.io.nifti import write_nifti
 from penn.lit.trainer import log_final
+from penn.metrics import surface_distances
 from penn.preprocess import from_slices, resize_in_plane
 from penn.reports.external import evaluate_external
 from penn.reports.figures import write_overlays
 from penn.reports.run_files import write_csv, write_metrics
 from penn.scoring import score
 
-__all__ = ["evaluate_and_write", "write_test_masks", "external_validation"]
+__all__ = ["evaluate_and_write", "write_test_masks", "external_validation", "surface_means"]
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,37 @@ def _volume_table(dm, per_volume: list) -> tuple[list[str], list[list]]:
     return ["volume", "class", "tp", "fp", "tn", "fn", "dice"], rows
 
 
-def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str, float]:
-    """Calibrates on validation, scores the test split, writes metrics, model and overlays."""
+def surface_means(volumes, predictions, classes, plane: str, stage: str) -> dict[str, float]:
+    """``{stage}/pixel/hd95_mm`` and ``asd_mm``: per volume the mean over the foreground classes
+    of :func:`penn.metrics.surface_distances` on the scan's own grid and voxel size, then the
+    mean over the volumes where it is defined (NaN when none is)."""
+    per_volume = []
+    for volume, pred in zip(volumes, predictions, strict=True):
+        mask, truth = from_slices(pred.labels, plane), class_map(volume.labels, classes)
+        per_volume.append(
+            [
+                surface_distances(mask == c, truth == c, volume.spacing)
+                for c in range(1, len(classes) + 1)
+            ]
+        )
+    with np.errstate(all="ignore"):
+        means = np.nanmean(np.array(per_volume, dtype=float), axis=1)  # (volumes, 2)
+    out = {}
+    for k, key in enumerate(("hd95_mm", "asd_mm")):
+        finite = means[np.isfinite(means[:, k]), k]
+        out[f"{stage}/pixel/{key}"] = float(finite.mean()) if finite.size else math.nan
+    return out
+
+
+def evaluate_and_write(
+    cfg: DictConfig, net, dm, out: Path, loggers, record: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Calibrates on validation, scores the test split, writes metrics, model and overlays.
+
+    Each split is segmented once; its probabilities serve calibration and every score.
+    ``record`` (how training went: epochs, steps, times, parameters) is added to the metrics,
+    with ``time/segment_s_per_volume``, the test split's segmentation wall time per volume.
+    """
     inference = OmegaConf.to_container(cfg.inference, resolve=True)
     model = model_info(cfg)
     progress = bool(cfg.trainer.get("enable_progress_bar", True))  # bars over each volume
@@ -117,12 +148,16 @@ def evaluate_and_write(cfg: DictConfig, net, dm, out: Path, loggers) -> dict[str
     threshold, min_size, calibration = calibrate_decision(val_pred, val_truth, inference)
     inference["postprocess"]["min_size"] = min_size
     val_metrics, _ = _score_split(dm, "val", val_pred, val_labels, inference, threshold)
+    start = time.perf_counter()
     test_pred, test_labels = _segment_split(net, dm, "test", inference, model, progress)
+    seconds = (time.perf_counter() - start) / max(len(test_pred), 1)
     metrics, per_volume = _score_split(dm, "test", test_pred, test_labels, inference, threshold)
+    test = dm.splits["test"]
+    metrics |= surface_means(test.volumes, test_pred, dm.classes, dm.plane, "test")
+    metrics |= (record or {}) | {"time/segment_s_per_volume": seconds}
     metrics.update({k: v for k, v in val_metrics.items() if k.startswith("val/pixel")})
     metrics["calibration/threshold"] = math.nan if threshold is None else threshold
     write_metrics(out / "metrics.json", metrics)
-    test = dm.splits["test"]
     write_json(
         out / "evaluation.json",
         {
