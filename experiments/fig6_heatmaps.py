@@ -3,9 +3,10 @@
     python experiments/fig6_heatmaps.py multirun/sweep_layers/2026-01-01_12-00-00
     python experiments/fig6_heatmaps.py MULTIRUN_DIR --out docs/results/fig6_phantom
 
-Writes one PNG per metric (mean over seeds in each cell, value annotated), fig6.md (every grid,
-with this command) and fig6.csv (long form) into --out (default: MULTIRUN_DIR/fig6), and prints
-the grids.
+Writes one PNG per metric (mean over seeds in each cell, value annotated) and one of its sd over
+seeds (`<metric>_sd.png`, when cells have two or more runs), fig6.md (every grid, which cells
+differ from the best by more than the seed spread, and this command) and fig6.csv (long form)
+into --out (default: MULTIRUN_DIR/fig6), and prints the grids.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from pathlib import Path
 
 from penn.metrics import METRICS
 from penn.reports.figures import write_heatmaps
-from penn.reports.tables import collect_runs, grid, grid_csv, grid_markdown, write_text
+from penn.reports.tables import (
+    collect_runs,
+    grid,
+    grid_csv,
+    grid_markdown,
+    grid_separation,
+    write_text,
+)
 
 log = logging.getLogger("fig6_heatmaps")
 
@@ -56,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("wrote %s", path)
     given = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "experiments/fig6_heatmaps.py", *given])
-    markdown = "\n\n".join(grid_markdown(g) for g in grids)
+    markdown = "\n\n".join(f"{grid_markdown(g)}\n\n{grid_separation(g)}" for g in grids)
     write_text(out / "fig6.md", f"{markdown}\n\ncommand: `{command}`\n")
     write_text(out / "fig6.csv", grid_csv(grids))
     log.info("wrote %s and %s", out / "fig6.md", out / "fig6.csv")

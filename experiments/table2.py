@@ -1,22 +1,74 @@
-"""Table 2: one row per model (`model.name`), F1 / IoU / Dice beside the paper's numbers.
+"""Table 2 like for like: one row per method, mean ± sd over seeds, in-domain and external.
 
-    python experiments/table2.py multirun/sweep_layers/... multirun/baselines/... --out docs/results
+    python -m penn.run +experiment=baselines data=lumbar_vb
+    python experiments/table2.py multirun/baselines/<timestamp> [more run folders] --out DIR
 
-Give every results folder (runs or multiruns) that should enter the table; runs of one model are
-averaged (mean ± std), so pass only the runs of the configuration to report. Models the paper
-does not list get no paper value. Writes table2.md (with this command) and table2.csv into --out
-(default: the first folder) and prints the table.
+Give every results folder (runs or multiruns) that should enter the table; the runs of one
+method (`model.name` and recipe) are averaged, so pass only the runs of the protocol to report.
+Writes into --out (default: the first folder) table2.md (with this command), table2.csv and
+curves/<method>.png (each method's validation Dice per epoch, one line per seed, its kept
+checkpoint dashed), and prints the table. A method whose runs were not all ended by early
+stopping is marked "not converged".
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
+import re
+import shlex
 import sys
+from pathlib import Path
 
-from penn.reports.tables import table2, table_script
+from penn.io.files import write_atomic_bytes
+from penn.reports.comparison import comparison, comparison_csv, comparison_markdown, method_of
+from penn.reports.curves import curve_figure, read_curve
+from penn.reports.tables import collect_runs, write_text
+
+log = logging.getLogger("table2")
+
+
+def write_curves(runs, folder: Path) -> list[Path]:
+    """``folder/<method>.png`` per method: its runs' validation curves, labelled by seed."""
+    methods: dict[str, list] = {}
+    for run in runs:
+        methods.setdefault(method_of(run), []).append((f"seed {run.get('seed')}", run))
+    written = []
+    for method, members in methods.items():
+        curves = []
+        for label, run in members:
+            try:
+                curves.append((label, read_curve(run.path)))
+            except (FileNotFoundError, ValueError) as err:
+                log.warning("%s", err)
+        if curves:
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", method).strip("_")
+            written.append(write_atomic_bytes(folder / f"{name}.png", curve_figure(method, curves)))
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    return table_script(argv, __doc__, "table2", table2)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", type=Path, nargs="+", help="results folders")
+    parser.add_argument("--out", type=Path, help="output folder (default: the first folder)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        runs = collect_runs(args.folders)
+    except (FileNotFoundError, ValueError) as err:
+        log.error("%s", err)
+        return 1
+    out = args.out or args.folders[0]
+    rows = comparison(runs)
+    markdown = comparison_markdown(rows)
+    given = sys.argv[1:] if argv is None else argv
+    command = shlex.join(["python", "experiments/table2.py", *given])
+    write_text(out / "table2.md", f"{markdown}\n\ncommand: `{command}`\n")
+    write_text(out / "table2.csv", comparison_csv(rows))
+    curves = write_curves(runs, out / "curves")
+    log.info("%d runs, %d methods, %d curves into %s", len(runs), len(rows), len(curves), out)
+    print(markdown)  # the script's one output
+    return 0
 
 
 if __name__ == "__main__":

@@ -78,22 +78,27 @@ def write_overlays(
     return paths
 
 
-def heatmap_figure(grid: Grid) -> bytes:
-    """PNG bytes of one Fig. 6 panel: ``grid.mean`` (%) over rows x cols, each cell annotated.
+def heatmap_figure(grid: Grid, of: str = "mean") -> bytes:
+    """PNG bytes of one Fig. 6 panel over rows x cols, each cell annotated.
 
-    Cells show ``mean`` and, under it, ``± std`` when there were two or more seeds; empty cells
-    (no finished job) stay blank.
+    ``of="mean"``: cells show ``mean`` (%) and, under it, ``± std`` when there were two or more
+    seeds; ``of="std"``: the standard deviation over seeds (%) with the run count ``n``. Empty
+    cells (no finished job, or one run for the std) stay blank.
     """
+    values = grid.mean if of == "mean" else grid.std
     fig, ax = plt.subplots(figsize=(1.1 * len(grid.cols) + 2.2, 0.8 * len(grid.rows) + 1.6))
-    image = ax.imshow(np.ma.masked_invalid(grid.mean), cmap="viridis", aspect="auto")
-    finite = grid.mean[np.isfinite(grid.mean)]
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto")
+    finite = values[np.isfinite(values)]
     middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
     for i in range(len(grid.rows)):
         for j in range(len(grid.cols)):
             mean, std = grid.mean[i, j], grid.std[i, j]
-            if np.isnan(mean):
+            if np.isnan(values[i, j]):
                 continue
-            text = f"{mean:.1f}" if np.isnan(std) else f"{mean:.1f}\n± {std:.1f}"
+            if of == "std":
+                text = f"{std:.1f}\nn = {grid.count[i, j]}"
+            else:
+                text = f"{mean:.1f}" if np.isnan(std) else f"{mean:.1f}\n± {std:.1f}"
             ax.text(
                 j,
                 i,
@@ -101,13 +106,13 @@ def heatmap_figure(grid: Grid) -> bytes:
                 ha="center",
                 va="center",
                 fontsize=9,
-                color="black" if mean > middle else "white",
+                color="black" if values[i, j] > middle else "white",
             )
     ax.set_xticks(range(len(grid.cols)), [str(c) for c in grid.cols])
     ax.set_yticks(range(len(grid.rows)), [str(r) for r in grid.rows])
     ax.set_xlabel(grid.col_key)
     ax.set_ylabel(grid.row_key)
-    ax.set_title(f"{grid.metric} (%), mean over seeds")
+    ax.set_title(f"{grid.metric} (%), {'mean' if of == 'mean' else 'sd'} over seeds")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     buffer = _bytesio.BytesIO()
@@ -117,8 +122,13 @@ def heatmap_figure(grid: Grid) -> bytes:
 
 
 def write_heatmaps(folder: str | Path, grids: list[Grid]) -> list[Path]:
-    """Writes one heatmap PNG per grid, named after its metric (``test_pixel_dice.png``)."""
-    return [
-        write_atomic_bytes(Path(folder) / f"{g.metric.replace('/', '_')}.png", heatmap_figure(g))
-        for g in grids
-    ]
+    """Writes one heatmap PNG per grid, named after its metric (``test_pixel_dice.png``), and
+    the heatmap of its seed sd (``test_pixel_dice_sd.png``) when a cell has two or more runs."""
+    paths = []
+    for g in grids:
+        stem = Path(folder) / g.metric.replace("/", "_")
+        paths.append(write_atomic_bytes(stem.with_name(f"{stem.name}.png"), heatmap_figure(g)))
+        if (g.count >= 2).any():
+            png = heatmap_figure(g, "std")
+            paths.append(write_atomic_bytes(stem.with_name(f"{stem.name}_sd.png"), png))
+    return paths

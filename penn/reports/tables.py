@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "PAPER_TABLE1",
-    "PAPER_TABLE2",
     "Run",
     "Row",
     "table_script",
@@ -44,11 +43,13 @@ __all__ = [
     "mean_std",
     "grid",
     "table1",
-    "table2",
     "to_markdown",
     "to_csv",
+    "csv_text",
+    "number_text",
     "grid_markdown",
     "grid_csv",
+    "grid_separation",
     "write_text",
 ]
 
@@ -56,34 +57,9 @@ __all__ = [
 # Table 1: the same network without (lambda = beta = 0; the row is mislabelled "MultiResuNet" in
 # the paper) and with the sparse-autoencoder regularisation.
 PAPER_TABLE1 = {
-    "unregularised": {
-        "precision": 86.8,
-        "recall": 85.7,
-        "accuracy": 90.2,
-        "f1": 88.2,
-        "iou": 80.6,
-        "dice": 88.4,
-    },
-    "regularised": {
-        "precision": 90.6,
-        "recall": 91.1,
-        "accuracy": 93.2,
-        "f1": 91.3,
-        "iou": 83.8,
-        "dice": 91.1,
-    },
+    "unregularised": dict(precision=86.8, recall=85.7, accuracy=90.2, f1=88.2, iou=80.6, dice=88.4),
+    "regularised": dict(precision=90.6, recall=91.1, accuracy=93.2, f1=91.3, iou=83.8, dice=91.1),
 }
-# Table 2 (F1 / IoU / Dice), keyed by penn's `model.name`. Several rows were
-# copied from other papers and datasets (docs/baseline_networks.md).
-PAPER_TABLE2 = {
-    "unet": {"f1": 79.8, "iou": 70.4, "dice": 82.5},
-    "dtvnet": {"f1": 78.3, "iou": 74.7, "dice": 85.2},
-    "multiresunet": {"f1": 88.2, "iou": 80.6, "dice": 88.4},
-    "sau_net": {"f1": 87.6, "iou": 81.8, "dice": 88.3},
-    "opconvnet": {"f1": 90.2, "iou": 82.3, "dice": 89.9},
-    "penn": {"f1": 91.3, "iou": 83.8, "dice": 91.1},
-}
-TABLE2_METRICS = ("precision", "recall", "accuracy", "f1", "iou", "dice")
 
 
 @dataclass(frozen=True)
@@ -241,31 +217,6 @@ def table1(runs: list[Run], stage: str = "test", level: str = "pixel") -> Table:
     )
 
 
-def table2(runs: list[Run], stage: str = "test", level: str = "pixel") -> Table:
-    """Table 2: one row per ``model.name`` (paper order, others after), all six metrics."""
-    groups = _group(runs, ("model.name",))
-    order = list(PAPER_TABLE2)
-    names = sorted(
-        (name for (name,) in groups),
-        key=lambda n: (order.index(n) if n in order else len(order), str(n)),
-    )
-    rows = [
-        Row(
-            str(name),
-            len(groups[(name,)]),
-            {m: _percent(groups[(name,)], f"{stage}/{level}/{m}") for m in TABLE2_METRICS},
-            PAPER_TABLE2.get(name, {}),
-        )
-        for name in names
-    ]
-    return Table(
-        f"Table 2: comparison of methods ({stage}/{level}, %)",
-        TABLE2_METRICS,
-        rows,
-        _note(stage, level, "Table 2"),
-    )
-
-
 def _note(stage: str, level: str, which: str) -> str:
     return (
         f"ours: `{stage}/{level}/*` of each run, mean ± std over its n runs (seeds); "
@@ -294,7 +245,8 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines + ["", table.note])
 
 
-def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+def csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    """CSV text of a header and rows (``\n`` line ends)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -302,7 +254,8 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
     return buffer.getvalue()
 
 
-def _num(value: float | None) -> str:
+def number_text(value: float | None) -> str:
+    """A CSV number with four decimals; empty for None or NaN."""
     return "" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
@@ -315,9 +268,13 @@ def to_csv(table: Table) -> str:
     for row in table.rows:
         cells: list[Any] = [row.label, row.n]
         for m in table.metrics:
-            cells += [_num(row.ours[m][0]), _num(row.ours[m][1]), _num(row.paper.get(m))]
+            cells += [
+                number_text(row.ours[m][0]),
+                number_text(row.ours[m][1]),
+                number_text(row.paper.get(m)),
+            ]
         rows.append(cells)
-    return _csv_text(header, rows)
+    return csv_text(header, rows)
 
 
 def grid_markdown(g: Grid) -> str:
@@ -336,17 +293,56 @@ def grid_markdown(g: Grid) -> str:
     return "\n".join(lines)
 
 
+def grid_separation(g: Grid, alpha: float = 0.05) -> str:
+    """Which cells differ from the best one by more than their seeds' spread, in words.
+
+    The best cell is the highest mean; every other cell with two or more runs is compared with
+    it by Welch's t-test on the two cells' (mean, sd, n): below it by more than the seed spread
+    when p < ``alpha``, within the spread otherwise. Cells with fewer than two runs are listed as
+    not testable.
+    """
+    from scipy.stats import ttest_ind_from_stats
+
+    m, s, n = g.mean, g.std, g.count
+    if not np.isfinite(m).any():
+        return f"{g.metric}: no finished cell."
+    bi, bj = np.unravel_index(np.nanargmax(m), m.shape)
+    text = (
+        f"{g.metric}: best cell {g.row_key}={g.rows[bi]}, {g.col_key}={g.cols[bj]}, "
+        f"{_cell(m[bi, bj], s[bi, bj])} (n = {n[bi, bj]})."
+    )
+    found = {"below": [], "within": [], "untestable": []}
+    for i, j in np.ndindex(m.shape):
+        if (i, j) == (bi, bj) or n[i, j] == 0:
+            continue
+        if n[i, j] < 2 or n[bi, bj] < 2:
+            kind = "untestable"
+        else:
+            args = (m[bi, bj], s[bi, bj], n[bi, bj], m[i, j], s[i, j], n[i, j])
+            kind = "below" if ttest_ind_from_stats(*args, equal_var=False)[1] < alpha else "within"
+        found[kind].append(f"({g.rows[i]}, {g.cols[j]})")
+    labels = {
+        "below": f"below it by more than the seed spread (Welch's t-test, p < {alpha:g})",
+        "within": "within the seed spread of it",
+        "untestable": "not testable (fewer than two runs)",
+    }
+    for kind, cells in found.items():
+        if cells:
+            text += f" Cells {labels[kind]}: {', '.join(cells)}."
+    return text
+
+
 def grid_csv(grids: list[Grid]) -> str:
     """Fig. 6 grids in long form: one line per (metric, row, col) with mean, std and n (in %)."""
     if not grids:
         return ""
     rows = [
-        [g.metric, r, c, _num(g.mean[i, j]), _num(g.std[i, j]), int(g.count[i, j])]
+        [g.metric, r, c, number_text(g.mean[i, j]), number_text(g.std[i, j]), int(g.count[i, j])]
         for g in grids
         for i, r in enumerate(g.rows)
         for j, c in enumerate(g.cols)
     ]
-    return _csv_text(["metric", grids[0].row_key, grids[0].col_key, "mean", "std", "n"], rows)
+    return csv_text(["metric", grids[0].row_key, grids[0].col_key, "mean", "std", "n"], rows)
 
 
 def write_text(path: str | Path, text: str) -> Path:

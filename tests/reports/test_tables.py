@@ -1,4 +1,4 @@
-"""Collecting job folders, averaging over seeds, and the Table 1 / Table 2 / Fig. 6 layouts."""
+"""Collecting job folders, averaging over seeds, and the Table 1 / Fig. 6 layouts."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from omegaconf import OmegaConf
 from penn.reports.figures import write_heatmaps
 from penn.reports.tables import (
     PAPER_TABLE1,
-    PAPER_TABLE2,
     collect_runs,
     grid,
     grid_csv,
+    grid_separation,
     mean_std,
     table1,
-    table2,
     to_csv,
     to_markdown,
 )
@@ -93,8 +92,27 @@ def test_grid_averages_seeds_per_cell(tmp_path):
     csv_lines = grid_csv([g]).splitlines()
     assert csv_lines[0] == "metric,model.n_layers,model.n_nodes,mean,std,n"
     assert "val/pixel/dice,2,100,,,0" in csv_lines
-    png = write_heatmaps(tmp_path / "fig", [g])[0]
-    assert png.name == "val_pixel_dice.png" and png.read_bytes()[:4] == b"\x89PNG"
+    pngs = write_heatmaps(tmp_path / "fig", [g])
+    assert [p.name for p in pngs] == ["val_pixel_dice.png", "val_pixel_dice_sd.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_grid_separation_names_the_cells_beyond_the_seed_spread(tmp_path):
+    values = {
+        (1, 50): [0.90, 0.92, 0.94],  # best: 92 ± 2
+        (1, 100): [0.80, 0.82, 0.84],  # 82 ± 2: Welch t = 10 / sqrt(4/3 + 4/3) = 6.1, p = 0.004
+        (2, 50): [0.89, 0.91, 0.93],  # 91 ± 2: t = 0.61, p = 0.57
+        (2, 100): [0.5],  # one run
+    }
+    for k, ((layers, nodes), seeds) in enumerate(values.items()):
+        for seed, v in enumerate(seeds):
+            config = penn_config(layers, nodes, seed=seed)
+            fake_job(tmp_path / f"{k}{seed}", config, {"val/pixel/dice": v})
+    text = grid_separation(grid(collect_runs([tmp_path]), "val/pixel/dice"))
+    assert text.startswith("val/pixel/dice: best cell model.n_layers=1, model.n_nodes=50, 92.0")
+    assert "the seed spread (Welch's t-test, p < 0.05): (1, 100)." in text
+    assert "within the seed spread of it: (2, 50)." in text
+    assert "not testable (fewer than two runs): (2, 100)." in text
 
 
 def test_table1_puts_the_unregularised_row_first_with_the_papers_numbers(tmp_path):
@@ -117,17 +135,3 @@ def test_table1_puts_the_unregularised_row_first_with_the_papers_numbers(tmp_pat
     csv_lines = to_csv(table).splitlines()
     assert csv_lines[0].startswith("method,n,precision_mean,precision_std,precision_paper")
     assert csv_lines[2].startswith('"penn, lambda = 0.004, beta = 4, rho = 0.15",2,92.0000,')
-
-
-def test_table2_works_with_penn_rows_only_and_orders_models_like_the_paper(tmp_path):
-    fake_job(tmp_path / "p", penn_config(), pixel_metrics(0.9))
-    table = table2(collect_runs([tmp_path]))
-    assert [(r.label, r.n, r.ours["dice"][0]) for r in table.rows] == [("penn", 1, 90.0)]
-    row = "| penn | 1 | 90.0 | – | 90.0 | – | 90.0 | – | 90.0 | 91.3 | 90.0 | 83.8 | 90.0 | 91.1 |"
-    assert row in to_markdown(table)
-    fake_job(tmp_path / "u", {"model": {"name": "unet"}}, pixel_metrics(0.8))
-    fake_job(tmp_path / "x", {"model": {"name": "newnet"}}, pixel_metrics(0.7))
-    table = table2(collect_runs([tmp_path]))
-    assert [r.label for r in table.rows] == ["unet", "penn", "newnet"]
-    assert table.rows[0].paper == PAPER_TABLE2["unet"] and table.rows[2].paper == {}
-    assert "| newnet | 1 | 70.0 | – |" in to_markdown(table)
