@@ -104,9 +104,10 @@ def test_opconvnet_config_builds_the_patch_cnn_without_pretraining():
     assert net(torch.rand(2, 1, n, n)).shape == (2, 1)
 
 
-def small_saunet(n_outputs: int = 1) -> SAUNet:
+def small_saunet(n_outputs: int = 1, memory_efficient: bool = False) -> SAUNet:
     return SAUNet(
         n_outputs=n_outputs,
+        memory_efficient=memory_efficient,
         stem_channels=4,
         growth=4,
         depth=2,
@@ -140,6 +141,24 @@ def test_saunet_volume_features_computed_once_equal_the_per_slice_run():
     assert torch.equal(triplets[2, 0], slices[0, 0]) and torch.equal(triplets[2, 2], slices[4, 0])
     with torch.no_grad():
         torch.testing.assert_close(net.segment_volume(slices, 2), net(triplets), atol=1e-5, rtol=0)
+
+
+def test_memory_efficient_saunet_gives_the_same_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = small_saunet()
+    lean = small_saunet(memory_efficient=True)
+    lean.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 16, 20)
+    outs, grads = [], []
+    for net in (plain, lean):
+        out = net.train()(x)
+        (out**2).mean().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in net.parameters()])
+    torch.testing.assert_close(outs[1], outs[0])
+    assert len(grads[0]) == len(grads[1]) > 10
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def small_dtvnet() -> DTVNet:

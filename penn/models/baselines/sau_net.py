@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from penn.models.baselines.padding import crop_to, pad_to_multiple
 
@@ -32,10 +33,19 @@ def _bn_relu_conv(in_channels: int, out_channels: int, kernel: int) -> nn.Sequen
 
 
 class DenseBlock(nn.Module):
-    """``n_layers`` of BN-ReLU-1x1 conv(4g)-BN-ReLU-3x3 conv(g), each output concatenated."""
+    """``n_layers`` of BN-ReLU-1x1 conv(4g)-BN-ReLU-3x3 conv(g), each output concatenated.
 
-    def __init__(self, in_channels: int, growth: int, n_layers: int):
+    ``memory_efficient``: in training, each layer's intermediate activations are recomputed in
+    the backward pass instead of stored (as torchvision's DenseNet ``memory_efficient``): the
+    same gradients for several times less memory and some more compute; batch-norm running
+    statistics see each training batch twice.
+    """
+
+    def __init__(
+        self, in_channels: int, growth: int, n_layers: int, memory_efficient: bool = False
+    ):
         super().__init__()
+        self.memory_efficient = memory_efficient
         self.layers = nn.ModuleList(
             nn.Sequential(
                 _bn_relu_conv(in_channels + i * growth, 4 * growth, 1),
@@ -47,7 +57,11 @@ class DenseBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            x = torch.cat([x, layer(x)], dim=1)
+            if self.memory_efficient and self.training and x.requires_grad:
+                new = checkpoint(layer, x, use_reentrant=False)
+            else:
+                new = layer(x)
+            x = torch.cat([x, new], dim=1)
         return x
 
 
@@ -63,6 +77,7 @@ class DenseUNet(nn.Module):
         decoder_layers: int,
         decoder_channels: int,
         feature_channels: int,
+        memory_efficient: bool = False,
     ):
         super().__init__()
         self.multiple = 2**depth
@@ -70,7 +85,7 @@ class DenseUNet(nn.Module):
         self.encoder, self.transitions, skips = nn.ModuleList(), nn.ModuleList(), []
         channels = stem_channels
         for _ in range(depth):
-            block = DenseBlock(channels, growth, encoder_layers)
+            block = DenseBlock(channels, growth, encoder_layers, memory_efficient)
             skips.append(block.out_channels)
             self.encoder.append(block)
             self.transitions.append(
@@ -79,13 +94,13 @@ class DenseUNet(nn.Module):
                 )
             )
             channels = block.out_channels // 2
-        self.bottleneck = DenseBlock(channels, growth, encoder_layers)
+        self.bottleneck = DenseBlock(channels, growth, encoder_layers, memory_efficient)
         channels = self.bottleneck.out_channels
         self.up, self.fuse, self.decoder = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for skip in reversed(skips):
             self.up.append(nn.ConvTranspose2d(channels, channels // 2, 2, stride=2))
             self.fuse.append(nn.Conv2d(channels // 2 + skip, decoder_channels, 1))
-            block = DenseBlock(decoder_channels, growth, decoder_layers)
+            block = DenseBlock(decoder_channels, growth, decoder_layers, memory_efficient)
             self.decoder.append(block)
             channels = block.out_channels
         self.out = nn.Sequential(
@@ -114,6 +129,8 @@ class SAUNet(nn.Module):
         n_outputs: 1 (sigmoid, binary) or the number of classes (softmax).
         stem_channels, growth, depth, encoder_layers, decoder_layers, decoder_channels,
             feature_channels: the Dense U-Net (spec: 32, 16, 4, 4, 3, 64, 32).
+        memory_efficient: recompute the dense layers' activations in the backward pass
+            (:class:`DenseBlock`).
     """
 
     def __init__(
@@ -126,6 +143,7 @@ class SAUNet(nn.Module):
         decoder_layers: int,
         decoder_channels: int,
         feature_channels: int,
+        memory_efficient: bool = False,
     ):
         super().__init__()
         self.features = DenseUNet(
@@ -136,6 +154,7 @@ class SAUNet(nn.Module):
             decoder_layers,
             decoder_channels,
             feature_channels,
+            memory_efficient,
         )
         self.attention = nn.Conv2d(feature_channels, feature_channels, 1)  # shared for i-k, i+k
         self.head = nn.Conv2d(feature_channels, n_outputs, 1)
