@@ -29,7 +29,8 @@ def fast_run(overrides: list[str], data_dir, out) -> dict:
 @pytest.mark.parametrize(
     "overrides",
     [[f"+experiment={name}"] for name in EXPERIMENTS]
-    + [["+experiment=baselines", f"model={m}"] for m in ("sau_net", "opconvnet")],
+    + [["+experiment=baselines", f"model={m}"] for m in ("sau_net", "opconvnet")]
+    + [["+experiment=[paper,ablation_sparsity]"]],  # Table 1 at the paper's protocol
     ids=lambda o: " ".join(o),
 )
 def test_experiment_runs_one_job_with_fast_dev_run(overrides, phantom_dir, tmp_path):
