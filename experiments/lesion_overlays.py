@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             record = records[k]
             x, y, z = record["centre_voxel"]
             window = crop_around(labels[x], (y, z), half=48)
-            kind = "hyper" if record["contrast"] > 1 else "hypo"
             title = (
                 f"{name} lesion {k + 1}/{len(records)}: r {record['radius_mm']:.1f} mm, "
-                f"{kind} x{record['contrast']:.2f}, rim {record['rim']:.2f}, sagittal x={x}"
+                f"{record['kind']} x{record['contrast']:.2f} (fluid x{record['fluid_ratio']:.2f}), "
+                f"rim {record['rim']:.2f}, x={x}"
             )
             grey = tuple(np.percentile(volume.image[x], [0.5, 99.5]))  # the whole slice's range
             png = lesion_figure(

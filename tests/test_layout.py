@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "penn"
 PATH = [
     ("io",),
     ("synth",),
-    ("preprocess", "metrics"),
+    ("preprocess", "metrics", "lesion_detection"),
     ("patches",),
     ("data",),
     ("models",),

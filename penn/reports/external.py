@@ -11,7 +11,9 @@ the decision it was calibrated with (threshold and clean-up from the model file)
 
 Keys are ``external/<scope>/<level>/<metric>`` with scope ``whole`` or ``extent``, level
 ``pixel`` (mean over volumes) or ``pixel_pooled`` (all voxels together), and the six metrics
-plus ``hd95_mm`` and ``asd_mm`` (per volume, then their mean).
+plus ``hd95_mm`` and ``asd_mm`` (per volume, then their mean). A model with the lesion class of
+``inference.lesion_detection`` also gets ``external/lesion/...`` (:mod:`penn.lesion_detection`,
+over the whole volumes).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from penn.checkpoint import load_model
 from penn.inference.predictor import segment_folder
 from penn.io.labels import class_map
+from penn.lesion_detection import detection_metrics, lesion_class, match_lesions
 from penn.metrics import (
     METRICS,
     confusion_counts,
@@ -125,7 +128,9 @@ def evaluate_external(
     class_names, n_classes = meta["data"]["class_names"], len(classes) + 1
     folder = segment_folder(net, meta, Path(root), inference, progress=progress)
     per_scope = {"whole": ([], []), "extent": ([], [])}
-    rows = []
+    rows, lesions = [], []
+    detection = inference.get("lesion_detection")
+    lesion_index = lesion_class(class_names, detection)
     for volume, pred in zip(folder.volumes, folder.predictions, strict=True):
         decided = postprocess(
             decide(pred.probs, inference["threshold"]), **inference["postprocess"]
@@ -134,11 +139,22 @@ def evaluate_external(
         truth = class_map(volume.labels, classes)
         labelled = volume.labels > 0  # every label, scored or not, bounds the extent
         scores = score_volume(mask, truth, n_classes, volume.spacing, labelled)
+        if lesion_index is not None:
+            lesions.append(
+                match_lesions(
+                    mask == lesion_index,
+                    truth == lesion_index,
+                    volume.spacing,
+                    detection["min_overlap"],
+                )
+            )
         for scope, (counts, surface) in scores.items():
             per_scope[scope][0].append(counts)
             per_scope[scope][1].append(surface)
             rows.append(_row(volume.name, scope, counts, surface))
     metrics = _summaries(per_scope, class_names, n_classes)
+    if lesion_index is not None:
+        metrics |= detection_metrics(lesions, detection["size_bins_ml"], "external/lesion")
     log.info(
         "external %s: Dice %.3f over the labelled extent, %.3f over the whole volumes (%d cases)",
         root,

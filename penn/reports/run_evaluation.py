@@ -19,6 +19,7 @@ from penn.inference.predictor import predict_volumes
 from penn.io.files import write_json
 from penn.io.labels import class_map, labelled_mask
 from penn.io.nifti import write_nifti
+from penn.lesion_detection import detection_metrics, lesion_class, match_lesions
 from penn.lit.trainer import log_final
 from penn.metrics import surface_distances
 from penn.preprocess import from_slices, resize_in_plane
@@ -26,8 +27,16 @@ from penn.reports.external import evaluate_external
 from penn.reports.figures import write_overlays
 from penn.reports.run_files import write_csv, write_metrics
 from penn.scoring import score
+from penn.synth.lesion_dataset import lesion_dataset
+from penn.synth.lesions import LesionSpec
 
-__all__ = ["evaluate_and_write", "write_test_masks", "external_validation", "surface_means"]
+__all__ = [
+    "evaluate_and_write",
+    "write_test_masks",
+    "external_validation",
+    "surface_means",
+    "lesion_means",
+]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +140,25 @@ def surface_means(volumes, predictions, classes, plane: str, stage: str) -> dict
     return out
 
 
+def lesion_means(volumes, predictions, classes, class_names, plane, inference, stage):
+    """``{stage}/lesion/...`` detection metrics (:mod:`penn.lesion_detection`) of the class
+    ``inference.lesion_detection.class_name``; empty when the model has no such class."""
+    settings = inference.get("lesion_detection")
+    index = lesion_class(class_names, settings)
+    if index is None:
+        return {}
+    per_scan = [
+        match_lesions(
+            from_slices(pred.labels, plane) == index,
+            class_map(volume.labels, classes) == index,
+            volume.spacing,
+            settings["min_overlap"],
+        )
+        for volume, pred in zip(volumes, predictions, strict=True)
+    ]
+    return detection_metrics(per_scan, settings["size_bins_ml"], f"{stage}/lesion")
+
+
 def evaluate_and_write(
     cfg: DictConfig, net, dm, out: Path, loggers, record: dict[str, float] | None = None
 ) -> dict[str, float]:
@@ -154,6 +182,9 @@ def evaluate_and_write(
     metrics, per_volume = _score_split(dm, "test", test_pred, test_labels, inference, threshold)
     test = dm.splits["test"]
     metrics |= surface_means(test.volumes, test_pred, dm.classes, dm.plane, "test")
+    metrics |= lesion_means(
+        test.volumes, test_pred, dm.classes, dm.class_names, dm.plane, inference, "test"
+    )
     metrics |= (record or {}) | {"time/segment_s_per_volume": seconds}
     metrics.update({k: v for k, v in val_metrics.items() if k.startswith("val/pixel")})
     metrics["calibration/threshold"] = math.nan if threshold is None else threshold
@@ -193,7 +224,12 @@ def external_validation(cfg: DictConfig, out: Path, progress: bool) -> dict[str,
     external = cfg.data.get("external")
     if not external:
         return {}
-    metrics, rows = evaluate_external(out / "model.pt", external.root, progress=progress)
+    root = external.root
+    if external.get("lesions"):  # the collection with the fixed lesions of data.lesions.seed
+        lesions = OmegaConf.to_container(cfg.data.lesions, resolve=True)
+        spec, seed = LesionSpec.from_config(lesions), int(lesions["seed"])
+        root = lesion_dataset(root, Path(cfg.paths.data_dir) / external.name, spec, seed)
+    metrics, rows = evaluate_external(out / "model.pt", root, progress=progress)
     write_csv(out / "external" / f"{external.name}.csv", rows)
     return metrics
 

@@ -3,8 +3,10 @@
 A lesion is one to a few overlapping ellipsoids ("lobes", confluent lesions) of random size,
 aspect and orientation whose boundary is pushed in and out by a smooth random field, all in
 millimetres through the volume's spacing. Inside it the scan's smooth intensity is replaced by a
-hypo- or hyperintense level relative to the body's marrow, mottled with a heterogeneity that
-scales with the marrow's own variation, optionally with a bright rim, and blended with a
+level set relative to the body's marrow and to the fluid of the scan's spinal canal, so the
+contrast follows the sequence: a lytic lesion is fluid-like (dark on T1, bright on T2 and STIR),
+a sclerotic one dark on every sequence. The level is mottled with a heterogeneity that scales
+with the marrow's own variation, optionally lined by a fluid-like rim, and blended with a
 partial-volume blur. The scan's own fine texture and noise (the image minus its smooth part) are
 kept, so a lesion is as noisy as the scan. Every change stays inside the vertebral-body mask and
 within the scan's [min, max]; labels become 0 background, 1 vertebra, 2 tumour.
@@ -27,12 +29,16 @@ from penn.io.volume import Volume
 __all__ = [
     "LesionSpec",
     "find_bodies",
+    "fluid_reference",
     "implant_lesions",
     "lesion_rng",
     "on_disk_values",
 ]
 
 log = logging.getLogger(__name__)
+
+# fluid / marrow ratio of a scan where the canal cannot be sampled: a T2-like one
+FALLBACK_FLUID_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,20 @@ class LesionSpec:
         aspect: (min, max) factor on the radius of each of the three ellipsoid axes.
         lobes: (min, max) overlapping ellipsoids that make one (confluent) lesion.
         irregularity: amplitude of the smooth boundary deformation, as a fraction of the radius.
-        hyper_probability: chance that a lesion is hyperintense (else hypointense) to marrow.
-        contrast_hypo: (min, max) lesion / marrow intensity ratio of hypointense lesions.
-        contrast_hyper: (min, max) ratio of hyperintense lesions.
-        rim_probability: chance that a lesion has a bright rim.
-        rim_strength: (min, max) rim brightness above marrow: the rim is (1 + it) x marrow.
+        lytic_probability: chance that a lesion is lytic (fluid-like), else sclerotic.
+        lytic_fluid_fraction: (min, max) where a lytic lesion's level lies between the marrow
+            (0) and the canal fluid (1): dark on T1, bright on T2 and STIR.
+        lytic_min_contrast: the least |lesion / marrow - 1| of a lytic lesion, on the side of
+            the fluid, so a scan whose fluid is close to its marrow still shows it.
+        sclerotic_contrast: (min, max) lesion / marrow intensity ratio of sclerotic lesions
+            (dark on every sequence).
+        fluid_ratio: canal fluid / marrow intensity ratio; None measures it in each scan
+            (:func:`fluid_reference`); a number fixes it for a collection (about 0.5 on T1,
+            1.5-2 on T2, 3 or more on STIR / TIRM).
+        canal_mm: (near, far) depth of the band behind each body's posterior edge that samples
+            the canal fluid.
+        rim_probability: chance that a lesion has a rim.
+        rim_fraction: (min, max) where the rim's level lies between marrow (0) and fluid (1).
         rim_width_mm: rim thickness (Gaussian sigma inward from the boundary).
         blur_sigma_mm: partial-volume blur of the lesion's edge (Gaussian sigma).
         texture: (min, max) lesion heterogeneity as a multiple of the marrow's coefficient of
@@ -69,11 +84,14 @@ class LesionSpec:
     aspect: tuple[float, float]
     lobes: tuple[int, int]
     irregularity: float
-    hyper_probability: float
-    contrast_hypo: tuple[float, float]
-    contrast_hyper: tuple[float, float]
+    lytic_probability: float
+    lytic_fluid_fraction: tuple[float, float]
+    lytic_min_contrast: float
+    sclerotic_contrast: tuple[float, float]
+    fluid_ratio: float | None
+    canal_mm: tuple[float, float]
     rim_probability: float
-    rim_strength: tuple[float, float]
+    rim_fraction: tuple[float, float]
     rim_width_mm: float
     blur_sigma_mm: float
     texture: tuple[float, float]
@@ -90,9 +108,10 @@ class LesionSpec:
             ("lobes", int),
             ("radius_mm", float),
             ("aspect", float),
-            ("contrast_hypo", float),
-            ("contrast_hyper", float),
-            ("rim_strength", float),
+            ("lytic_fluid_fraction", float),
+            ("sclerotic_contrast", float),
+            ("canal_mm", float),
+            ("rim_fraction", float),
             ("texture", float),
         ):
             value = tuple(kind(v) for v in getattr(self, name))
@@ -103,7 +122,11 @@ class LesionSpec:
             object.__setattr__(self, name, value)
         for name in ("body_label", "tumor_label", "min_body_voxels"):
             object.__setattr__(self, name, int(getattr(self, name)))
-        for name in ("none_probability", "hyper_probability", "rim_probability"):
+        if self.fluid_ratio is not None:
+            object.__setattr__(self, "fluid_ratio", float(self.fluid_ratio))
+            if self.fluid_ratio <= 0:
+                raise ValueError(f"lesions.fluid_ratio={self.fluid_ratio}: must be > 0 or null")
+        for name in ("none_probability", "lytic_probability", "rim_probability"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"lesions.{name}={getattr(self, name)}: must be in [0, 1]")
         if self.radius_mm[0] <= 0 or self.lobes[0] < 1:
@@ -137,6 +160,28 @@ def find_bodies(labels: np.ndarray, spec: LesionSpec) -> list[tuple[tuple[slice,
         if box is not None and (components[box] == index).sum() >= spec.min_body_voxels:
             bodies.append((box, components[box] == index))
     return bodies
+
+
+def fluid_reference(
+    image: np.ndarray, labels: np.ndarray, spacing, spec: LesionSpec
+) -> float | None:
+    """The median intensity of the spinal canal: the band ``canal_mm`` behind the posterior edge
+    of every body (canonical axis 1 runs posterior to anterior), in the central 6 mm of the
+    body from left to right, over the body's own superior-inferior extent. CSF is the canal's
+    main content: darker than fatty marrow on T1, brighter on T2, far brighter on STIR. None
+    when the band holds no voxel."""
+    near, far = (int(round(mm / spacing[1])) for mm in spec.canal_mm)
+    half = max(1, int(round(3.0 / spacing[0])))
+    values = []
+    for box, mask in find_bodies(labels, spec):
+        x = box[0].start + int(np.median(np.nonzero(mask)[0]))
+        for k in np.nonzero(mask.any(axis=(0, 1)))[0]:
+            rows = np.nonzero(mask[:, :, k].any(axis=0))[0]
+            back = box[1].start + int(rows.min())  # the body's posterior edge at this level
+            lo, hi = max(back - far, 0), max(back - near, 0)
+            values.append(image[max(x - half, 0) : x + half + 1, lo:hi, box[2].start + k].ravel())
+    values = np.concatenate(values) if values else np.empty(0)
+    return float(np.median(values)) if values.size else None
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox) -> np.ndarray:
@@ -183,12 +228,19 @@ def _masked_smooth(image: np.ndarray, mask: np.ndarray, sigma_vox) -> np.ndarray
     return np.where(weight > 1e-3, total / np.maximum(weight, 1e-3), image)
 
 
-def _draw_contrast(rng: np.random.Generator, spec: LesionSpec) -> float:
-    hyper = rng.random() < spec.hyper_probability
-    return float(rng.uniform(*(spec.contrast_hyper if hyper else spec.contrast_hypo)))
+def _draw_contrast(rng: np.random.Generator, spec: LesionSpec, fluid: float) -> tuple[float, str]:
+    """(lesion / marrow ratio, kind) of one lesion in a scan whose fluid / marrow ratio is
+    ``fluid``."""
+    if rng.random() >= spec.lytic_probability:
+        return float(rng.uniform(*spec.sclerotic_contrast)), "sclerotic"
+    ratio = 1.0 + rng.uniform(*spec.lytic_fluid_fraction) * (fluid - 1.0)
+    side = 1.0 if fluid >= 1.0 else -1.0
+    if side * (ratio - 1.0) < spec.lytic_min_contrast:
+        ratio = 1.0 + side * spec.lytic_min_contrast
+    return float(max(ratio, 0.05)), "lytic"
 
 
-def _implant_one(image, labels, body, spacing, spec: LesionSpec, rng, marrow) -> dict:
+def _implant_one(image, labels, body, spacing, spec: LesionSpec, rng, marrow, fluid) -> dict:
     """Implants one lesion into one body in place; returns its record.
 
     Args:
@@ -196,6 +248,7 @@ def _implant_one(image, labels, body, spacing, spec: LesionSpec, rng, marrow) ->
         body: (box, mask) of the body from :func:`find_bodies`.
         marrow: (median, robust coefficient of variation) of the body's intensities before any
             lesion.
+        fluid: the scan's canal fluid / marrow intensity ratio.
     """
     box, inside_body = body
     sub, lab = image[box], labels[box]
@@ -213,27 +266,44 @@ def _implant_one(image, labels, body, spacing, spec: LesionSpec, rng, marrow) ->
     weight = ndimage.gaussian_filter((depth >= 0).astype(np.float32), blur)
     weight *= ndimage.gaussian_filter(inside_body.astype(np.float32), blur)
     smooth = _masked_smooth(sub, inside_body, spec.background_sigma_mm / to_vox)
-    contrast = _draw_contrast(rng, spec)
+    contrast, kind = _draw_contrast(rng, spec, fluid)
     heterogeneity = rng.uniform(*spec.texture) * marrow[1]
     mottle = _smooth_field(rng, sub.shape, spec.texture_sigma_mm / to_vox)
     # heterogeneity in units of marrow, so dark lesions are as mottled as bright ones
     level = marrow[0] * (contrast + heterogeneity * mottle)
     rim = 0.0
     if rng.random() < spec.rim_probability:
-        rim = float(rng.uniform(*spec.rim_strength))
-    if rim > 0:  # a ring at (1 + rim) x marrow lining the inside of the boundary (labelled)
+        rim = float(rng.uniform(*spec.rim_fraction))
+    if rim > 0:  # a fluid-like ring lining the inside of the boundary (labelled)
         ring = np.exp(-0.5 * (np.maximum(depth, 0.0) / spec.rim_width_mm) ** 2)
-        level = level + ring * ((1.0 + rim) * marrow[0] - level)
+        level = level + ring * ((1.0 + rim * (fluid - 1.0)) * marrow[0] - level)
     changed = smooth + weight * (level - smooth) + (sub - smooth)
     sub[inside_body] = changed[inside_body]
     lab[lesion] = spec.tumor_label
     return {
         "centre_voxel": [int(c + b.start) for c, b in zip(centre, box, strict=True)],
         "radius_mm": round(radius, 2),
+        "kind": kind,
         "contrast": round(contrast, 3),
         "rim": round(rim, 3),
         "voxels": int(lesion.sum()),
     }
+
+
+def _fluid_ratio(image, labels, spacing, spec: LesionSpec) -> float:
+    """``spec.fluid_ratio``, or the scan's canal fluid over its median marrow intensity
+    (:data:`FALLBACK_FLUID_RATIO`, with a warning, when no canal voxel is found)."""
+    if spec.fluid_ratio is not None:
+        return spec.fluid_ratio
+    fluid = fluid_reference(image, labels, spacing, spec)
+    marrow = float(np.median(image[labels == spec.body_label]))
+    if fluid is None or marrow <= 0:
+        log.warning(
+            "lesions: no canal fluid behind the bodies; fluid / marrow taken as %.1f (T2-like)",
+            FALLBACK_FLUID_RATIO,
+        )
+        return FALLBACK_FLUID_RATIO
+    return fluid / marrow
 
 
 def implant_lesions(
@@ -261,6 +331,7 @@ def implant_lesions(
     bodies = find_bodies(labels, spec)
     if not bodies or rng.random() < spec.none_probability:
         return image_out, labels_out, []
+    fluid = _fluid_ratio(image, labels, spacing, spec)
     records = []
     for _ in range(int(rng.integers(spec.count[0], spec.count[1] + 1))):
         which = int(rng.integers(len(bodies)))
@@ -269,8 +340,10 @@ def implant_lesions(
         # the mask's edge would inflate a plain standard deviation
         low, median, high = np.percentile(image[box][mask], [25, 50, 75])
         marrow = (float(median), float((high - low) / 1.349 / median) if median > 0 else 0.0)
-        record = _implant_one(image_out, labels_out, bodies[which], spacing, spec, rng, marrow)
-        records.append({"body": which, **record})
+        record = _implant_one(
+            image_out, labels_out, bodies[which], spacing, spec, rng, marrow, fluid
+        )
+        records.append({"body": which, "fluid_ratio": round(fluid, 3), **record})
     np.clip(image_out, image.min(), image.max(), out=image_out)
     return image_out, labels_out, records
 

@@ -12,16 +12,24 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from scipy import ndimage
 
 from penn.data.lesion_data import LesionSliceDataModule
 from penn.io.dataset import list_cases, read_case
 from penn.io.labels import class_map
 from penn.io.volume import DataError
-from penn.make_lesions import write_lesion_dataset
 from penn.preprocess import to_slices
-from penn.run import make_datamodule
-from penn.synth.lesions import LesionSpec, find_bodies, implant_lesions, lesion_rng, on_disk_values
+from penn.run import make_datamodule, train
+from penn.synth.lesion_dataset import lesion_dataset, write_lesion_dataset
+from penn.synth.lesions import (
+    LesionSpec,
+    find_bodies,
+    fluid_reference,
+    implant_lesions,
+    lesion_rng,
+    on_disk_values,
+)
 from tests.conftest import CONF
 
 SPACING = (1.5, 1.0, 1.0)
@@ -101,24 +109,60 @@ def test_label_values_are_0_1_2_and_counts_follow_the_spec(spec):
     assert implant_lesions(image, labels, SPACING, none, lesion_rng(0, "c"))[2] == []
 
 
-@pytest.mark.parametrize("hyper", [0.0, 1.0])
-def test_contrast_is_hypo_or_hyperintense_to_marrow(spec, hyper):
+def canal_scan(fluid: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`box_scan` with the 12 mm behind the bodies (the canal band) at ``fluid``: dark CSF
+    as on T1 (below the marrow's 52) or bright as on T2."""
     image, labels = box_scan()
+    image[:, :10] = fluid
+    return image, labels
+
+
+def test_fluid_reference_is_the_canal_behind_the_bodies(spec):
+    for fluid in (20.0, 150.0):
+        image, labels = canal_scan(fluid)
+        assert fluid_reference(image, labels, SPACING, spec) == fluid
+    assert fluid_reference(*canal_scan(20.0), SPACING, replace(spec, canal_mm=(11.0, 12.0))) is None
+
+
+@pytest.mark.parametrize(("fluid", "lytic"), [(20.0, 1.0), (150.0, 1.0), (20.0, 0.0), (150.0, 0.0)])
+def test_contrast_follows_the_sequence(spec, fluid, lytic):
+    """Lytic lesions are dark on a T1-like scan (CSF darker than marrow) and bright on a T2-like
+    one; sclerotic lesions are dark on both."""
+    image, labels = canal_scan(fluid)
     one = replace(
         spec,
         none_probability=0.0,
         count=(1, 1),
         radius_mm=(6.0, 6.0),
-        hyper_probability=hyper,
+        lytic_probability=lytic,
         rim_probability=0.0,
     )
     out_image, out_labels, records = implant_lesions(
         image, labels, SPACING, one, lesion_rng(1, "c")
     )
-    ratio = out_image[out_labels == 2].mean() / np.median(image[labels == 1])
-    low, high = one.contrast_hyper if hyper else one.contrast_hypo
+    marrow = np.median(image[labels == 1])
+    ratio = out_image[out_labels == 2].mean() / marrow
+    assert records[0]["kind"] == ("lytic" if lytic else "sclerotic")
+    assert records[0]["fluid_ratio"] == pytest.approx(fluid / marrow, abs=1e-3)
+    if not lytic:
+        low, high = one.sclerotic_contrast
+    elif fluid < marrow:  # between marrow and fluid, at least lytic_min_contrast below marrow
+        low, high = fluid / marrow, 1.0 - one.lytic_min_contrast
+    else:
+        low, high = (
+            1.0 + one.lytic_min_contrast,
+            1.0 + one.lytic_fluid_fraction[1] * (fluid / marrow - 1.0),
+        )
     assert low - 0.15 < ratio < high + 0.15
-    assert (records[0]["contrast"] > 1) == bool(hyper)
+    assert (ratio > 1) == bool(lytic and fluid > marrow)
+
+
+def test_a_fixed_fluid_ratio_overrides_the_measured_one(spec):
+    image, labels = canal_scan(150.0)  # T2-like canal, but the collection is declared T1
+    t1 = replace(spec, none_probability=0.0, count=(1, 1), lytic_probability=1.0, fluid_ratio=0.5)
+    out_image, out_labels, records = implant_lesions(image, labels, SPACING, t1, lesion_rng(2, "c"))
+    assert records[0]["fluid_ratio"] == 0.5
+    assert out_image[out_labels == 2].mean() < np.median(image[labels == 1])
 
 
 def test_spec_rejects_reversed_ranges(spec):
@@ -301,3 +345,54 @@ def test_device_loader_is_refused_while_training_scans_change(lesion_dm):
     with pytest.raises(ValueError, match="new lesions every epoch"):
         lesion_dm.train_dataloader()
     assert lesion_dm.val_dataloader() is not None  # evaluation loaders are unaffected
+
+
+def test_lesion_dataset_is_written_once_per_settings(spec, tmp_path):
+    source = write_source(tmp_path / "src", 2)
+    out = lesion_dataset(source, tmp_path / "cache", spec, seed=1)
+    stamp = (out / "dataset.json").stat().st_mtime_ns
+    assert lesion_dataset(source, out, spec, seed=1) == out
+    assert (out / "dataset.json").stat().st_mtime_ns == stamp  # reused
+    lesion_dataset(source, out, spec, seed=2)
+    assert json.loads((out / "dataset.json").read_text())["seed"] == 2
+
+
+def test_lesion_run_reports_lesion_detection_in_domain_and_external(tmp_path):
+    """A three-class run on the lesion benchmark scores lesions on its test split and on an
+    external collection that gets the fixed lesions of the benchmark's seed."""
+    source, external = write_source(tmp_path / "src", 5), write_source(tmp_path / "ext", 2)
+    cfg = lesion_cfg(
+        [
+            f"data.root={source}",
+            f"data.external.root={external}",
+            "data.lesions.none_probability=0.0",
+            "data.split.val=0.2",
+            "data.split.test=0.2",
+            "data.patches.size=16",
+            "data.loader.max_eval_patches=500",
+            "model.n_nodes=16",
+            "model.n_layers=1",
+            "trainer.fast_dev_run=true",
+            "trainer.enable_progress_bar=false",
+        ]
+    )
+    with open_dict(cfg):
+        cfg.paths.data_dir, cfg.paths.output_dir = str(tmp_path / "data"), str(tmp_path / "run")
+    train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    written = tmp_path / "data" / "lumbar_vb_xseq_lesions"
+    true_lesions = 0
+    for case in list_cases(written):
+        labels = read_case(case, [0, 1, 2]).labels
+        true_lesions += ndimage.label(labels == 2, structure=np.ones((3, 3, 3)))[1]
+    assert true_lesions > 0
+    assert metrics["external/lesion/lesions"] == true_lesions
+    assert metrics["test/lesion/lesions"] >= 1
+    for stage in ("test", "external"):
+        found, missed = metrics[f"{stage}/lesion/found"], metrics[f"{stage}/lesion/missed"]
+        assert found + missed == metrics[f"{stage}/lesion/lesions"]
+        by_size = [
+            metrics[f"{stage}/lesion/lesions_{b}"] for b in ("under_1ml", "1_5ml", "over_5ml")
+        ]
+        assert sum(by_size) == metrics[f"{stage}/lesion/lesions"]
+        assert metrics[f"{stage}/lesion/false_per_scan"] >= 0
