@@ -88,11 +88,23 @@ class LesionSampler(BalancedSampler):
 class EpochShuffle(Sampler[int]):
     """A shuffle drawn from (seed, epoch) that has the training scans re-implanted first.
 
-    The whole-slice twin of :class:`LesionSampler` (every slice, new order each epoch).
+    The whole-slice twin of :class:`LesionSampler`: every slice once, in a new order each epoch.
+    With ``min_class_fraction`` f > 0 and ``classes_of`` (the set of classes each slice shows,
+    read after the refresh), a foreground class shown by fewer than f of the slices gets slots
+    of slices without it handed to (repeated) slices with it, rarest class first, so it is
+    shown in about f of the epoch; the epoch keeps its length.
     """
 
-    def __init__(self, length: int, seed: int, refresh: Callable[[int], None]):
+    def __init__(
+        self,
+        length: int,
+        seed: int,
+        refresh: Callable[[int], None],
+        min_class_fraction: float = 0.0,
+        classes_of: Callable[[], list[set[int]]] | None = None,
+    ):
         self.length, self.seed, self.refresh, self.epoch = length, int(seed), refresh, 0
+        self.min_class_fraction, self.classes_of = float(min_class_fraction), classes_of
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -101,9 +113,31 @@ class EpochShuffle(Sampler[int]):
     def __len__(self) -> int:
         return self.length
 
+    def draw(self, epoch: int) -> np.ndarray:
+        """The slice indices of ``epoch`` (the scans must hold that epoch's lesions)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.length)
+        if self.min_class_fraction <= 0 or self.classes_of is None:
+            return order
+        shown = self.classes_of()
+        classes = sorted({c for cs in shown for c in cs if c > 0})
+        counts = {c: sum(c in cs for cs in shown) for c in classes}
+        want = int(np.ceil(self.min_class_fraction * self.length))
+        for c in sorted(classes, key=counts.get):
+            has = np.array([c in shown[i] for i in order])
+            short = want - int(has.sum())
+            if short <= 0:
+                continue
+            # replace slots of slices without c (never those that carry a rarer class)
+            rarer = [r for r in classes if counts[r] < counts[c] or r == c]
+            free = np.flatnonzero([not (shown[i] & set(rarer)) for i in order])
+            take = rng.choice(free, size=min(short, len(free)), replace=False)
+            order[take] = rng.choice(order[has], size=len(take), replace=True)
+        return order
+
     def __iter__(self):
         self.refresh(self.epoch)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+        order = self.draw(self.epoch)
         self.epoch += 1
         return iter(order.tolist())
 
@@ -262,14 +296,20 @@ class LesionSliceDataModule(_LesionMixin, SliceDataModule):
 
     Args:
         lesions: see :class:`_LesionMixin`.
-        min_class_fraction: unused (patch sampling only); accepted so both twins share
-            ``cfg.data``.
+        min_class_fraction: least share of the training slices of an epoch that show each
+            foreground class (:class:`EpochShuffle`).
         **kwargs: the arguments of :class:`~penn.data.slice_data.SliceDataModule`.
     """
 
     def __init__(self, lesions: dict, min_class_fraction: float, **kwargs):
         super().__init__(lesions=lesions, **kwargs)
+        self.min_class_fraction = float(min_class_fraction)
         self._train_dataset: SliceDataset | None = None
+
+    def _slice_classes(self) -> list[set[int]]:
+        """The classes each training slice shows (in the dataset's slice order)."""
+        masks = self._train_dataset.masks
+        return [set(np.unique(masks[v][k]).tolist()) for v, k in self._train_dataset.index]
 
     def _relabel_training(self) -> None:
         if self._train_dataset is not None:
@@ -281,7 +321,13 @@ class LesionSliceDataModule(_LesionMixin, SliceDataModule):
         if name != "train":
             return loader
         self._train_dataset = loader.dataset
-        sampler = EpochShuffle(len(loader.dataset), self.split_cfg["seed"], self.refresh_training)
+        sampler = EpochShuffle(
+            len(loader.dataset),
+            self.split_cfg["seed"],
+            self.refresh_training,
+            self.min_class_fraction,
+            self._slice_classes,
+        )
         return DataLoader(
             loader.dataset,
             batch_size=loader.batch_size,

@@ -89,6 +89,7 @@ def supervised_module(cfg: DictConfig, net, n_classes: int, member: int = 0):
         member=member,
         scheduler=scheduler,
         scheduler_interval=train.get("scheduler_interval", "epoch"),
+        class_weights=train.get("class_weights"),
     )
 
 

@@ -36,12 +36,31 @@ def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) 
     return 1 - dice.mean()
 
 
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, dice_weight: float):
-    """BCE (K = 1) or cross-entropy (K > 1) + ``dice_weight`` * soft Dice loss."""
+def segmentation_loss(
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    dice_weight: float,
+    class_weights: list[float] | None = None,
+):
+    """BCE (K = 1) or cross-entropy (K > 1) + ``dice_weight`` * soft Dice loss.
+
+    ``class_weights`` (K > 1 only): one weight per class for the cross-entropy, e.g. a rare
+    tumour class weighted up; None weighs every pixel alike.
+    """
     if logits.shape[1] == 1:
+        if class_weights is not None:
+            raise ValueError("model.finetune.class_weights needs a multi-class target (K > 1)")
         data_term = F.binary_cross_entropy_with_logits(logits[:, 0], (masks > 0).float())
     else:
-        data_term = F.cross_entropy(logits, masks.long())
+        weight = None
+        if class_weights is not None:
+            if len(class_weights) != logits.shape[1]:
+                raise ValueError(
+                    f"model.finetune.class_weights={list(class_weights)}: need one weight per "
+                    f"class ({logits.shape[1]}, background first)"
+                )
+            weight = torch.as_tensor(class_weights, dtype=logits.dtype, device=logits.device)
+        data_term = F.cross_entropy(logits, masks.long(), weight=weight)
     return data_term + dice_weight * soft_dice_loss(logits, masks)
 
 
@@ -65,6 +84,7 @@ class SegmentationModule(SupervisedModule):
         member: which ensemble member this trains (kept in the checkpoint, for resuming).
         scheduler: partial learning-rate scheduler (None: constant).
         scheduler_interval: ``epoch`` or ``step``, when the scheduler is stepped.
+        class_weights: per-class cross-entropy weights (:func:`segmentation_loss`).
     """
 
     def __init__(
@@ -77,6 +97,7 @@ class SegmentationModule(SupervisedModule):
         member: int = 0,
         scheduler: Callable | None = None,
         scheduler_interval: str = "epoch",
+        class_weights: list[float] | None = None,
     ):
         super().__init__(
             net,
@@ -89,6 +110,7 @@ class SegmentationModule(SupervisedModule):
         )
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.dice_weight, self.contour_weight = dice_weight, contour_weight
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -101,7 +123,7 @@ class SegmentationModule(SupervisedModule):
         images, masks = batch
         out = self.net(images)
         logits, contour = out if isinstance(out, tuple) else (out, None)
-        loss = segmentation_loss(logits, masks, self.dice_weight)
+        loss = segmentation_loss(logits, masks, self.dice_weight, self.class_weights)
         if contour is not None:
             loss = loss + self.contour_weight * contour_loss(contour, masks)
         probs = class_probabilities(logits.detach().movedim(1, -1).reshape(-1, logits.shape[1]))

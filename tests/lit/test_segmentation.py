@@ -82,3 +82,21 @@ def test_unet_trains_and_logs_pixel_metrics(tmp_path):
     with torch.no_grad():
         last = segmentation_loss(module.eval()(images), masks, 1.0).item()
     assert last < first
+
+
+def test_class_weights_weigh_the_cross_entropy_per_class():
+    torch.manual_seed(0)
+    logits, masks = torch.randn(2, 3, 5, 6), torch.randint(0, 3, (2, 5, 6))
+    weights = [0.5, 1.0, 4.0]
+    # reference: the weighted mean of -log p(true class), weights of each pixel's true class
+    log_p = torch.log_softmax(logits, 1).gather(1, masks[:, None])[:, 0]
+    w = torch.tensor(weights)[masks]
+    expected = -(w * log_p).sum() / w.sum()
+    got = segmentation_loss(logits, masks, dice_weight=0.0, class_weights=weights)
+    torch.testing.assert_close(got, expected)
+    plain = segmentation_loss(logits, masks, dice_weight=0.0)
+    torch.testing.assert_close(plain, -log_p.mean())
+    with pytest.raises(ValueError, match="one weight per class"):
+        segmentation_loss(logits, masks, 0.0, class_weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="multi-class"):
+        segmentation_loss(logits[:, :1], masks > 0, 0.0, class_weights=[1.0])

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from scipy import ndimage
 
-from penn.data.lesion_data import LesionSliceDataModule
+from penn.data.lesion_data import EpochShuffle, LesionSliceDataModule
 from penn.io.dataset import list_cases, read_case
 from penn.io.labels import class_map
 from penn.io.volume import DataError
@@ -396,3 +396,17 @@ def test_lesion_run_reports_lesion_detection_in_domain_and_external(tmp_path):
         ]
         assert sum(by_size) == metrics[f"{stage}/lesion/lesions"]
         assert metrics[f"{stage}/lesion/false_per_scan"] >= 0
+
+
+def test_slice_shuffle_shows_a_rare_class_in_its_share_of_the_epoch():
+    shown = [{0, 1, 2} if i < 5 else {0, 1} if i < 60 else {0} for i in range(100)]
+    plain = EpochShuffle(100, 0, lambda epoch: None)
+    assert sorted(plain.draw(0).tolist()) == list(range(100))  # every slice once
+    sampler = EpochShuffle(100, 0, lambda epoch: None, 0.15, lambda: shown)
+    order = sampler.draw(0)
+    assert len(order) == 100
+    with_tumour = sum(2 in shown[i] for i in order)
+    assert with_tumour == 15  # ceil(0.15 * 100) slots, from 5 slices repeated
+    assert {int(i) for i in order if 2 in shown[i]} == set(range(5))
+    assert sum(1 in shown[i] for i in order) >= 55  # the common class keeps most of its slots
+    assert np.array_equal(order, sampler.draw(0)) and not np.array_equal(order, sampler.draw(1))
