@@ -357,12 +357,27 @@ def test_lesion_dataset_is_written_once_per_settings(spec, tmp_path):
     assert json.loads((out / "dataset.json").read_text())["seed"] == 2
 
 
-def test_lesion_run_reports_lesion_detection_in_domain_and_external(tmp_path):
+@pytest.mark.parametrize(
+    "model",
+    [
+        ["model.n_nodes=16", "model.n_layers=1"],  # PENN
+        [  # the lesion model's recipe with a weighted tumour class
+            "+experiment=lesion_model",
+            "hydra.mode=RUN",
+            "model.finetune.class_weights=[1,1,4]",
+            "model.net.features=[4,4,8,8,8,4]",
+            "model.slices.crop=32",
+        ],
+    ],
+    ids=["penn", "lesion_model"],
+)
+def test_lesion_run_reports_lesion_detection_in_domain_and_external(tmp_path, model):
     """A three-class run on the lesion benchmark scores lesions on its test split and on an
     external collection that gets the fixed lesions of the benchmark's seed."""
     source, external = write_source(tmp_path / "src", 5), write_source(tmp_path / "ext", 2)
     cfg = lesion_cfg(
         [
+            *model,
             f"data.root={source}",
             f"data.external.root={external}",
             "data.lesions.none_probability=0.0",
@@ -370,8 +385,6 @@ def test_lesion_run_reports_lesion_detection_in_domain_and_external(tmp_path):
             "data.split.test=0.2",
             "data.patches.size=16",
             "data.loader.max_eval_patches=500",
-            "model.n_nodes=16",
-            "model.n_layers=1",
             "trainer.fast_dev_run=true",
             "trainer.enable_progress_bar=false",
         ]
