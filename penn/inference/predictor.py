@@ -118,7 +118,13 @@ def _predict_one(net, slices, inference, model, device, progress, patches) -> li
         return [
             Prediction(
                 segment_slices_pixelwise(
-                    net, s, inference["batch_slices"], device, offset, progress=progress
+                    net,
+                    s,
+                    inference["batch_slices"],
+                    device,
+                    offset,
+                    progress=progress,
+                    channels_last=bool(inference.get("channels_last", False)),
                 ),
                 None,
             )

@@ -10,6 +10,7 @@ from penn.inference.fcn import to_fully_convolutional
 from penn.models.baselines.dtvnet import DTVNet
 from penn.models.baselines.opconvnet import OPConvNet
 from penn.models.baselines.sau_net import SAUNet, neighbour_triplets
+from penn.models.baselines.unet import UNet
 from penn.models.sparse_ae import StackedSparseAutoencoder
 from penn.patches.extract import grid_starts
 from penn.postprocess import decide, postprocess
@@ -452,3 +453,15 @@ def test_predict_volumes_smooths_across_each_volumes_own_slices():
         np.testing.assert_array_equal(s.patch_probs, p.patch_probs)  # the network's own grid
     with pytest.raises(ValueError, match="slice_sigma_mm=3 smooths across slices"):
         predict_volumes(net, volumes, inference, device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_channels_last_gives_the_same_probabilities_and_keeps_the_net(context):
+    torch.manual_seed(0)
+    net = SAUNet(1, 4, 4, 2, 2, 2, 8, 8) if context else UNet(1, 1, 4, 2)
+    slices = np.random.default_rng(2).random((5, 20, 24)).astype(np.float32)
+    plain = segment_slices_pixelwise(net, slices, 2, context_offset=context)
+    fast = segment_slices_pixelwise(net, slices, 2, context_offset=context, channels_last=True)
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
+    weight = next(p for p in net.parameters() if p.dim() == 4)
+    assert weight.is_contiguous()  # given back in the usual layout
