@@ -50,8 +50,13 @@ def read_curve(run: str | Path) -> Curve:
         raise FileNotFoundError(f"{path}: no CSV log of the run")
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
-    level = "pixel" if any(r.get("val/pixel/dice") for r in rows) else "patch"
-    picked = [r for r in rows if r.get(f"val/{level}/dice") and r.get("epoch")]
+    # per-epoch validations carry an epoch; a run's final metrics row (log_final) may not
+    by_level = {
+        level: [r for r in rows if r.get(f"val/{level}/dice") and r.get("epoch")]
+        for level in ("pixel", "patch")
+    }
+    level = "pixel" if by_level["pixel"] else "patch"
+    picked = by_level[level]
     if not picked:
         raise ValueError(f"{path}: no validation in the log")
     epochs = [int(r["epoch"]) + 1 for r in picked]

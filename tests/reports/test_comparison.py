@@ -95,6 +95,7 @@ def test_a_recipe_is_its_own_method(tmp_path):
 def write_log(run, rows: list[dict]) -> None:
     (run / "csv").mkdir(parents=True)
     keys = ["epoch", "step", "val/pixel/dice", "val/pixel/loss", "train/pixel/loss_epoch"]
+    keys += ["val/patch/dice", "val/patch/loss"]
     with open(run / "csv" / "metrics.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, keys)
         writer.writeheader()
@@ -117,6 +118,20 @@ def test_curve_reads_validations_and_the_epoch_its_checkpoint_kept(tmp_path):
     write_log(other, rows)
     fake_job(other, {"callbacks": {"checkpoint": {"monitor": "val/pixel/loss", "mode": "min"}}}, {})
     assert read_curve(other).kept == 3
+
+
+def test_a_patch_net_curve_is_its_patch_validations(tmp_path):
+    """A patch net validates patches each epoch; its final pixel metrics row has no epoch."""
+    run = tmp_path / "run"
+    rows = [
+        {"epoch": 0, "step": 9, "val/patch/dice": 0.4, "val/patch/loss": 0.9},
+        {"epoch": 1, "step": 19, "val/patch/dice": 0.6, "val/patch/loss": 0.7},
+        {"val/pixel/dice": 0.3},
+    ]
+    write_log(run, rows)
+    fake_job(run, {"callbacks": {"checkpoint": {"monitor": "val/patch/dice", "mode": "max"}}}, {})
+    curve = read_curve(run)
+    assert (curve.level, curve.epochs, curve.dice, curve.kept) == ("patch", [1, 2], [0.4, 0.6], 2)
 
 
 def test_table2_script_writes_tables_and_one_curve_per_method(two_methods, tmp_path, capsys):
