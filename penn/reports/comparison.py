@@ -64,18 +64,16 @@ class Column:
     digits: int = 1
 
 
-def _accuracy(prefix: str, name: str) -> tuple[Column, ...]:
+def _accuracy(prefix: str) -> tuple[Column, ...]:
+    names = {"precision": "precision", "recall": "recall", "f1": "F1", "iou": "IoU", "dice": "Dice"}
     return (
-        *(
-            Column(f"{name} {m}", f"{prefix}/pixel/{m}")
-            for m in ("precision", "recall", "f1", "iou", "dice")
-        ),
-        Column(f"{name} Dice pooled", f"{prefix}/pixel_pooled/dice"),
-        Column(f"{name} HD95 mm", f"{prefix}/pixel/hd95_mm", 1.0),
+        *(Column(label, f"{prefix}/pixel/{m}") for m, label in names.items()),
+        Column("Dice pooled", f"{prefix}/pixel_pooled/dice"),
+        Column("HD95 mm", f"{prefix}/pixel/hd95_mm", 1.0),
     )
 
 
-ACCURACY = (*_accuracy("test", "test"), *_accuracy("external/extent", "external"))
+ACCURACY = (*_accuracy("test"), *_accuracy("external/extent"))
 COST = (
     Column("parameters (M)", "model/parameters", 1e-6, 2),
     Column("steps", "train/steps", 1.0, 0),
