@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
-# The CPU-budget runs on ../shared/data/lumbar-vb behind docs/results/lumbar_cpu (issues 3 and 4).
-#   bash experiments/lumbar_cpu.sh table2|slices|opconvnet|grid|ablation|lesions [OUT]
-# (table2 = penn + slices + opconvnet; lesions = the five baselines, three classes, on
-# data=lumbar_vb_lesions; finished runs are skipped, so the script resumes)
+# The short CPU-budget runs on ../shared/data/lumbar-vb behind docs/results/lumbar_cpu:
+#   bash experiments/lumbar_cpu.sh grid|lesions [OUT]
+# (grid = the Fig. 6 sweep; lesions = the five baselines, three classes, on data=lumbar_vb_lesions;
+# finished runs are skipped, so the script resumes). Table 2 and Table 1: table2_cpu.sh.
 # EXTRA="key=value ..." appends overrides to every run (e.g. EXTRA="trainer=gpu data.root=DIR").
 # Every method gets the same data, split (seed 42), preprocessing, calibration and metrics; the
-# budgets are cut to fit 2 CPU cores (see docs/results/lumbar_cpu/README.md), not the paper's.
+# budgets are cut to fit 2 CPU cores (see docs/results.md), not the paper's.
 set -euo pipefail
-what=${1:?table2, slices, opconvnet, grid, ablation or lesions}
+what=${1:?grid or lesions}
 out=${2:-outputs/lumbar_cpu}
 py=${PYTHON:-.venv/bin/python}
 read -ra extra <<< "${EXTRA:-}"
 common=(data=lumbar_vb data.patches.stride=16 inference.stride=8 trainer.enable_progress_bar=false
         # the read-out and calibration these tables were measured with (defaults until 2026-11-26)
         inference.aggregate=mean inference.calibration.high=0.95 'inference.calibration.min_sizes=[]')
-penn_budget=(model.pretrain.epochs=1 model.finetune.epochs=5)
-# the 16-point grid and the ablation: 3 fine-tuning epochs, 5,000 validation patches per epoch
+# the 16-point grid: 3 fine-tuning epochs, 5,000 validation patches per epoch
 sweep_budget=(model.pretrain.epochs=1 model.finetune.epochs=3 data.loader.max_eval_patches=5000)
 # pixel-wise nets: half widths, 128^2 crops, 8 epochs x 20 batches of 8 (160 steps), 2 validations
 slice_budget=(model.slices.crop=128 model.finetune.epochs=8 trainer.limit_train_batches=20
@@ -25,20 +24,7 @@ run() { local name=$1; shift; [[ -f "$out/$name/metrics.json" ]] && return 0  # 
         "$py" -m penn.run "${common[@]}" "$@" "${extra[@]}" hydra.run.dir="$out/$name"
         echo "$name $((SECONDS - start)) s${EXTRA:+ ($EXTRA)}" >> "$out/times.txt"; }
 mkdir -p "$out"
-slices() {
-    run unet model=unet model.net.base_channels=16 "${slice_budget[@]}"
-    run multiresunet model=multiresunet model.net.base_channels=16 "${slice_budget[@]}"
-    run dtvnet model=dtvnet model.net.base_channels=16 model.net.aux_channels=8 "${slice_budget[@]}"
-    run sau_net model=sau_net model.net.stem_channels=16 model.net.growth=8 \
-        model.net.decoder_channels=32 model.net.feature_channels=16 "${slice_budget[@]}"
-}
-# OP-convNet classifies every grid patch with a CNN (~76 MFLOP each): 2 epochs and an inference
-# grid of 16 px keep it under half an hour on 2 cores (stride 8 would be about 4x the inference)
-opconvnet() { run opconvnet model=opconvnet model.finetune.epochs=2 inference.stride=16; }
 case $what in
-  table2) run penn model=penn "${penn_budget[@]}"; slices; opconvnet ;;
-  slices) slices ;;
-  opconvnet) opconvnet ;;
   grid)
     /usr/bin/time -f "grid %e s" -a -o "$out/times.txt" "$py" -m penn.run +experiment=sweep_layers \
         "${common[@]}" "${sweep_budget[@]}" hydra.sweep.dir="$out/grid"
@@ -52,10 +38,6 @@ case $what in
     run multiresunet_lesions model=multiresunet model.net.base_channels=16 "${slice_budget[@]}"
     run sau_net_lesions model=sau_net model.net.stem_channels=16 model.net.growth=8 \
         model.net.decoder_channels=32 model.net.feature_channels=16 "${slice_budget[@]}"
-    ;;
-  ablation)
-    /usr/bin/time -f "ablation %e s" -a -o "$out/times.txt" "$py" -m penn.run \
-        +experiment=ablation_sparsity "${common[@]}" "${sweep_budget[@]}" hydra.sweep.dir="$out/ablation"
     ;;
   *) echo "unknown: $what" >&2; exit 2 ;;
 esac
