@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 from pathlib import Path
 
 from penn.metrics import METRICS
 from penn.reports.figures import write_heatmaps
+from penn.reports.report_scripts import script_command, script_runs
 from penn.reports.tables import (
-    collect_runs,
     grid,
     grid_csv,
     grid_markdown,
@@ -51,19 +50,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        runs = collect_runs([args.multirun_dir])
-    except (FileNotFoundError, ValueError) as err:
-        log.error("%s", err)
+    if (runs := script_runs([args.multirun_dir])) is None:
         return 1
-    log.info("%d jobs in %s", len(runs), args.multirun_dir)
     out = args.out or args.multirun_dir / "fig6"
     grids = [grid(runs, metric, args.rows, args.cols) for metric in args.metrics]
     for path in write_heatmaps(out, grids):
         log.info("wrote %s", path)
-    given = sys.argv[1:] if argv is None else argv
-    command = shlex.join(["python", "experiments/fig6_heatmaps.py", *given])
+    command = script_command("fig6_heatmaps", argv)
     markdown = "\n\n".join(f"{grid_markdown(g)}\n\n{grid_separation(g)}" for g in grids)
     write_text(out / "fig6.md", f"{markdown}\n\ncommand: `{command}`\n")
     write_text(out / "fig6.csv", grid_csv(grids))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from penn.reports.tables import table1, table_script
+from penn.reports.report_scripts import table_script
+from penn.reports.tables import table1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shlex
 import sys
 from pathlib import Path
 
 from penn.io.files import write_atomic_bytes
 from penn.reports.comparison import comparison, comparison_csv, comparison_markdown, method_of
 from penn.reports.curves import curve_figure, read_curve
-from penn.reports.tables import collect_runs, write_text
+from penn.reports.report_scripts import script_command, script_runs
+from penn.reports.tables import write_text
 
 log = logging.getLogger("table2")
 
@@ -52,17 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", type=Path, nargs="+", help="results folders")
     parser.add_argument("--out", type=Path, help="output folder (default: the first folder)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        runs = collect_runs(args.folders)
-    except (FileNotFoundError, ValueError) as err:
-        log.error("%s", err)
+    if (runs := script_runs(args.folders)) is None:
         return 1
     out = args.out or args.folders[0]
     rows = comparison(runs)
     markdown = comparison_markdown(rows)
-    given = sys.argv[1:] if argv is None else argv
-    command = shlex.join(["python", "experiments/table2.py", *given])
+    command = script_command("table2", argv)
     write_text(out / "table2.md", f"{markdown}\n\ncommand: `{command}`\n")
     write_text(out / "table2.csv", comparison_csv(rows))
     curves = write_curves(runs, out / "curves")

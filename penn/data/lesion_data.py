@@ -309,7 +309,14 @@ class LesionSliceDataModule(_LesionMixin, SliceDataModule):
     def _slice_classes(self) -> list[set[int]]:
         """The classes each training slice shows (in the dataset's slice order)."""
         masks = self._train_dataset.masks
-        return [set(np.unique(masks[v][k]).tolist()) for v, k in self._train_dataset.index]
+        # per volume, (class, slice) flags of the foreground classes: one pass per class
+        shows = [
+            np.stack([(m == c).any(axis=(1, 2)) for c in range(1, self.n_classes)]) for m in masks
+        ]
+        return [
+            {0, *(np.flatnonzero(shows[v][:, k]) + 1).tolist()}
+            for v, k in self._train_dataset.index
+        ]
 
     def _relabel_training(self) -> None:
         if self._train_dataset is not None:

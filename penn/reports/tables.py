@@ -36,7 +36,6 @@ __all__ = [
     "PAPER_TABLE1",
     "Run",
     "Row",
-    "table_script",
     "Table",
     "Grid",
     "collect_runs",
@@ -348,47 +347,3 @@ def grid_csv(grids: list[Grid]) -> str:
 def write_text(path: str | Path, text: str) -> Path:
     """Writes a table file atomically."""
     return write_atomic_bytes(path, text.encode())
-
-
-def table_script(argv: list[str] | None, doc: str, name: str, build) -> int:
-    """The command line shared by ``experiments/table*.py``: collect runs, write .md/.csv, print.
-
-    Args:
-        argv: arguments (default ``sys.argv[1:]``).
-        doc: the script's docstring (first line becomes the description).
-        name: output stem and script name, e.g. ``table2``.
-        build: ``build(runs, stage, level)`` returning the table.
-    """
-    import argparse
-    import shlex
-    import sys
-
-    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
-    parser.add_argument("multirun_dir", type=Path, nargs="+", help="results folders")
-    parser.add_argument("--out", type=Path, help="output folder (default: the first folder)")
-    parser.add_argument("--stage", default="test", choices=["test", "val"])
-    parser.add_argument(
-        "--level",
-        default="pixel",
-        choices=["pixel", "pixel_pooled", "patch"],
-        help="pixel: mean over volumes; pixel_pooled: all voxels; patch: patches",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        runs = collect_runs(args.multirun_dir)
-    except (FileNotFoundError, ValueError) as err:
-        log.error("%s", err)
-        return 1
-    log.info("%d jobs in %s", len(runs), " ".join(map(str, args.multirun_dir)))
-    table = build(runs, args.stage, args.level)
-    out = args.out or args.multirun_dir[0]
-    given = sys.argv[1:] if argv is None else argv
-    script = "table1_ablation" if name == "table1" else name
-    command = shlex.join(["python", f"experiments/{script}.py", *given])
-    markdown = to_markdown(table)
-    write_text(out / f"{name}.md", f"{markdown}\n\ncommand: `{command}`\n")
-    write_text(out / f"{name}.csv", to_csv(table))
-    log.info("wrote %s and %s", out / f"{name}.md", out / f"{name}.csv")
-    print(markdown)  # the script's one output
-    return 0

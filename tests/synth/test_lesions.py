@@ -338,6 +338,9 @@ def test_pixelwise_baselines_get_the_lesion_slice_twin(tmp_path):
     assert any(not np.array_equal(a, b) for a, b in zip(masks, new, strict=True))
     image, mask = next(iter(loader))
     assert image.shape[0] == mask.shape[0] and int(mask.max()) <= 2
+    dataset = loader.dataset  # the classes each slice shows, against np.unique
+    expected = [set(np.unique(dataset.masks[v][k]).tolist()) | {0} for v, k in dataset.index]
+    assert dm._slice_classes() == expected and any(2 in c for c in expected)
 
 
 def test_device_loader_is_refused_while_training_scans_change(lesion_dm):
