@@ -108,9 +108,11 @@ class SegmentationModule(SupervisedModule):
             scheduler=scheduler,
             scheduler_interval=scheduler_interval,
         )
+        # plain floats, not the config's ListConfig: checkpoints load with weights_only=True
+        class_weights = None if class_weights is None else [float(w) for w in class_weights]
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.dice_weight, self.contour_weight = dice_weight, contour_weight
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.class_weights = class_weights
 
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:

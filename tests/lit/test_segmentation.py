@@ -100,3 +100,35 @@ def test_class_weights_weigh_the_cross_entropy_per_class():
         segmentation_loss(logits, masks, 0.0, class_weights=[1.0, 2.0])
     with pytest.raises(ValueError, match="multi-class"):
         segmentation_loss(logits[:, :1], masks > 0, 0.0, class_weights=[1.0])
+
+
+def test_class_weights_from_the_config_keep_checkpoints_weights_only(tmp_path):
+    """class_weights arrive from Hydra as a ListConfig; the saved hyperparameters must be plain
+    floats, or restoring the best checkpoint (torch.load(weights_only=True)) fails."""
+    from omegaconf import OmegaConf
+
+    net = UNet(in_channels=1, n_outputs=3, base_channels=2, depth=2)
+    weights = OmegaConf.create({"w": [1, 1, 4]}).w
+    module = SegmentationModule(
+        net,
+        3,
+        functools.partial(torch.optim.AdamW, lr=1e-2),
+        dice_weight=1.0,
+        contour_weight=0.0,
+        class_weights=weights,
+    )
+    images, masks = torch.rand(2, 1, 16, 16), torch.randint(0, 3, (2, 16, 16))
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, DataLoader(TensorDataset(images, masks), batch_size=2))
+    trainer.save_checkpoint(tmp_path / "best.ckpt")
+    blob = torch.load(tmp_path / "best.ckpt", map_location="cpu", weights_only=True)
+    assert blob["hyper_parameters"]["class_weights"] == [1.0, 1.0, 4.0]
+    assert module.class_weights == [1.0, 1.0, 4.0]
