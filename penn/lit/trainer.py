@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["make_loggers", "make_trainer", "resume_phase", "log_final", "close_loggers"]
@@ -19,12 +19,30 @@ log = logging.getLogger(__name__)
 
 
 def make_loggers(cfg: DictConfig) -> list[Logger]:
-    """Instantiates every logger of ``cfg.logger`` and gives each the resolved config."""
+    """Instantiates every logger of ``cfg.logger`` and gives each the resolved config.
+
+    A resumed run (``ckpt_path`` set) keeps the rows its CSV logs hold and appends to them;
+    Lightning's CSV logger would otherwise delete them.
+    """
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
     hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
+        if cfg.get("ckpt_path") and isinstance(logger, CSVLogger):
+            _keep_csv_rows(logger)
         logger.log_hyperparams(hparams)
     return loggers
+
+
+def _keep_csv_rows(logger: CSVLogger) -> None:
+    """Lets a CSV logger append to the metrics file it finds instead of deleting it."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    rows = path.read_bytes()
+    writer = logger.experiment  # creating the writer deletes the file
+    path.write_bytes(rows)
+    writer.metrics_keys = path.read_text().splitlines()[0].split(",")
+    log.info("resumed run: appending to %s", path)
 
 
 def make_trainer(
