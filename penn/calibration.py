@@ -112,8 +112,11 @@ def _joint_dice(
 
 
 def calibrate_decision(
-    predictions: list[Prediction], truths: list[np.ndarray], inference: dict
-) -> tuple[float | None, int, dict]:
+    predictions: list[Prediction],
+    truths: list[np.ndarray],
+    inference: dict,
+    class_names: list[str] | None = None,
+) -> tuple[float | None, int | list[int], dict]:
     """The decision threshold and post-processing ``min_size``, chosen on validation.
 
     ``inference.calibration.method``: ``joint`` searches every (threshold, min_size) pair of the
@@ -122,7 +125,7 @@ def calibrate_decision(
     it; ties go to the largest ``min_size``, then the lowest threshold); ``grid`` chooses the
     threshold alone (:func:`calibrate`), then ``min_size`` at that threshold
     (:func:`calibrate_min_size`); ``fixed`` keeps ``inference.threshold``. Multi-class networks
-    (argmax) choose ``min_size`` alone.
+    (argmax) choose ``min_size`` alone, one per foreground class (:func:`calibrate_min_size`).
 
     Returns:
         (threshold or None for argmax, min_size, a dict that records the choice; its
@@ -143,7 +146,7 @@ def calibrate_decision(
     if not joint:
         threshold, record = calibrate(predictions, truths, inference)
         min_size, record["postprocess"] = calibrate_min_size(
-            predictions, truths, threshold, inference
+            predictions, truths, threshold, inference, class_names
         )
         return threshold, min_size, record
     c, settings = inference["calibration"], inference["postprocess"]
@@ -162,12 +165,7 @@ def calibrate_decision(
     log.info(
         "calibrated threshold %.3f and min_size %d together on validation (%s pixel Dice "
         "%.4f, pooled %.4f, mean per volume %.4f)",
-        threshold,
-        min_size,
-        objective,
-        dice[i, j],
-        pooled[i, j],
-        mean[i, j],
+        *(threshold, min_size, objective, dice[i, j], pooled[i, j], mean[i, j]),
     )
     per_size = {m: float(dice[:, k].max()) for k, m in enumerate(sizes)}
     return (
@@ -192,38 +190,65 @@ def calibrate_min_size(
     truths: list[np.ndarray],
     threshold: float | None,
     inference: dict,
-) -> tuple[int, dict]:
+    class_names: list[str] | None = None,
+) -> tuple[int | list[int], dict]:
     """The post-processing ``min_size`` with the best pooled validation Dice.
 
     The candidates are ``inference.calibration.min_sizes`` (3D connected components smaller than
     this many voxels are dropped); an empty list keeps ``inference.postprocess.min_size``. The
-    other post-processing settings are applied as configured. Multi-class: the mean over the
-    foreground classes of their pooled Dice.
+    other post-processing settings are applied as configured. Multi-class (argmax): each
+    foreground class gets its own ``min_size``, the candidate with its best pooled Dice (a
+    class's components are cleaned up on their own, so the choices do not interact), as a
+    list, class 1 first: a small lesion class keeps its small components while a large organ
+    class drops its specks. For these, ``calibration.class_min_sizes`` gives a class (by name)
+    its own candidates, e.g. none that would drop a whole lesion worth finding.
 
     Args:
         predictions: validation predictions.
         truths: matching class maps.
         threshold: the calibrated decision threshold (None: argmax).
         inference: the inference config.
+        class_names: the foreground classes' names (for ``class_min_sizes``).
 
     Returns:
-        (chosen min_size, a dict that records every candidate's pooled validation Dice).
+        (chosen min_size, or one per foreground class; a dict that records every candidate's
+        pooled validation Dice).
     """
-    candidates = [int(m) for m in inference["calibration"].get("min_sizes") or []]
-    current = int(inference["postprocess"]["min_size"])
-    if not candidates or not any(t.any() for t in truths):
+    c = inference["calibration"]
+    default = [int(m) for m in c.get("min_sizes") or []]
+    current = inference["postprocess"]["min_size"]
+    if not default or not any(t.any() for t in truths):
         return current, {"min_size": current, "method": "fixed"}
     n_classes = max(2, predictions[0].probs.shape[1])
+    names = list(class_names or [str(k) for k in range(1, n_classes)])
+    # a class's own candidates: multi-class (argmax) models only
+    own = (c.get("class_min_sizes") or {}) if predictions[0].probs.shape[1] > 1 else {}
+    per_class = [[int(m) for m in own.get(name, default)] for name in names]
     decided = [decide(p.probs, threshold) for p in predictions]
-    dice = {}
-    for size in candidates:
+    dice: list[dict[int, float]] = [{} for _ in per_class]
+    for size in sorted({m for sizes in per_class for m in sizes}):
         settings = inference["postprocess"] | {"min_size": size}
         counts = sum(
             confusion_counts(postprocess(d, **settings), t, n_classes)
             for d, t in zip(decided, truths, strict=True)
         )
         tp, fp, fn = counts[1:, 0], counts[1:, 1], counts[1:, 3]
-        dice[size] = float(np.mean(2 * tp / np.maximum(2 * tp + fp + fn, 1)))
-    best = max(candidates, key=lambda m: (dice[m], m))  # ties: the largest (calibrate_decision)
-    log.info("calibrated min_size %d on validation (pooled pixel Dice %.4f)", best, dice[best])
-    return best, {"min_size": best, "method": "grid", "val_pooled_dice": dice}
+        for k, sizes in enumerate(per_class):
+            if size in sizes:
+                dice[k][size] = float(2 * tp[k] / max(2 * tp[k] + fp[k] + fn[k], 1))
+    # ties: the largest candidate (calibrate_decision)
+    best = [max(scores, key=lambda m: (scores[m], m)) for scores in dice]
+    if predictions[0].probs.shape[1] == 1:
+        log.info(
+            "calibrated min_size %d on validation (pooled pixel Dice %.4f)",
+            best[0],
+            dice[0][best[0]],
+        )
+        return best[0], {"min_size": best[0], "method": "grid", "val_pooled_dice": dice[0]}
+    log.info(
+        "calibrated min_size per class %s on validation (pooled pixel Dice %s)",
+        dict(zip(names, best, strict=True)),
+        [round(scores[m], 4) for scores, m in zip(dice, best, strict=True)],
+    )
+    scores = dict(zip(names, dice, strict=True))
+    return best, {"min_size": best, "method": "grid per class", "val_pooled_dice": scores}

@@ -173,7 +173,9 @@ def evaluate_and_write(
     progress = bool(cfg.trainer.get("enable_progress_bar", True))  # bars over each volume
     val_pred, val_labels = _segment_split(net, dm, "val", inference, model, progress)
     val_truth = [class_map(lab, dm.classes) for lab in val_labels]
-    threshold, min_size, calibration = calibrate_decision(val_pred, val_truth, inference)
+    threshold, min_size, calibration = calibrate_decision(
+        val_pred, val_truth, inference, dm.class_names
+    )
     inference["postprocess"]["min_size"] = min_size
     val_metrics, _ = _score_split(dm, "val", val_pred, val_labels, inference, threshold)
     start = time.perf_counter()

@@ -305,6 +305,43 @@ def test_min_size_is_chosen_on_validation_and_drops_small_false_positives():
     assert calibrate_min_size([Prediction(probs, None)], [truth], 0.5, inference)[0] == 0
 
 
+def test_multi_class_min_size_is_chosen_per_class():
+    """A 3-class map: a 100-voxel vertebra with a 12-voxel false speck and a true 8-voxel
+    lesion. No shared min_size drops the speck and keeps the smaller lesion; per class,
+    vertebra takes 50 (ties with 20 go to the largest) and tumour 0, and postprocess applies
+    the list class by class."""
+    from penn.calibration import calibrate_decision
+    from penn.inference.predictor import Prediction
+
+    truth = np.zeros((4, 20, 20), np.uint8)
+    truth[0:4, 2:7, 2:7] = 1  # vertebra: 100 voxels
+    truth[1:3, 12:14, 12:14] = 2  # tumour: 8 voxels
+    labels = truth.copy()
+    labels[1:4, 17:19, 2:4] = 1  # a 12-voxel vertebra false positive
+    probs = np.stack([labels == c for c in range(3)], axis=1).astype(np.float32)
+    inference = {
+        "calibration": {"method": "joint", "min_sizes": [0, 20, 50]},
+        "postprocess": {"min_size": 0, "keep_largest": None, "opening_radius": 0},
+    }
+    names = ["vertebra", "tumor"]
+    threshold, min_size, record = calibrate_decision(
+        [Prediction(probs, None)], [truth], inference, names
+    )
+    assert threshold is None and min_size == [50, 0]
+    scores = record["postprocess"]["val_pooled_dice"]
+    assert scores["vertebra"] == pytest.approx({0: 200 / 212, 20: 1.0, 50: 1.0})
+    assert scores["tumor"] == pytest.approx({0: 1.0, 20: 0.0, 50: 0.0})
+    # a class's own candidates (by name): the tumour's 0 and 5 tie, so the larger stands
+    inference["calibration"]["class_min_sizes"] = {"tumor": [0, 5]}
+    _, own, record = calibrate_decision([Prediction(probs, None)], [truth], inference, names)
+    assert own == [50, 5]
+    assert record["postprocess"]["val_pooled_dice"]["tumor"] == pytest.approx({0: 1.0, 5: 1.0})
+    cleaned = postprocess(labels, min_size=min_size, keep_largest=None, opening_radius=0)
+    np.testing.assert_array_equal(cleaned, truth)
+    with pytest.raises(ValueError, match="no entry for class 2"):
+        postprocess(labels, min_size=[5], keep_largest=None, opening_radius=0)
+
+
 @pytest.mark.parametrize(
     "postprocessing",
     [
