@@ -42,7 +42,7 @@ VERBS = {
 
 # what a required option (``???`` in conf/) is, for the one-line error when it is missing
 REQUIRED = {
-    "ckpt": "the model file, a run's model.pt",
+    "ckpt": "the model file, a run's model.pt, or a shipped model's name",
     "input": "the scan, DICOM series or folder of scans to segment",
     "output": "the folder to write the results into",
     "data.root": "the labelled dataset folder, in the nnU-Net raw layout",
@@ -82,7 +82,11 @@ def predict_arguments(argv: list[str]) -> list[str]:
     )
     parser.add_argument("-i", "--input", help="scan file, DICOM series folder, or folder of scans")
     parser.add_argument("-o", "--output", help="folder for the results (one subfolder per scan)")
-    parser.add_argument("-m", "--model", help="model file (default: the model penn ships)")
+    parser.add_argument(
+        "-m",
+        "--model",
+        help="model file, or a shipped model's name: vertebra (the default) or lesion",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto")
     parser.add_argument("--overlays", type=int, help="overlay PNGs per scan (0: none)")
     parser.add_argument("--no-mesh", action="store_true", help="write no surface meshes")
@@ -115,7 +119,9 @@ def evaluate_arguments(argv: list[str]) -> tuple[dict | None, list[str]]:
     )
     parser.add_argument("-p", "--pred", help="folder of predicted masks (NAME.nii.gz)")
     parser.add_argument("-g", "--labels", help="folder of label masks (NAME.nii.gz)")
-    parser.add_argument("-m", "--model", help="model file to segment the dataset with")
+    parser.add_argument(
+        "-m", "--model", help="model file (or a shipped model's name) to segment the dataset with"
+    )
     parser.add_argument("-d", "--dataset", help="labelled dataset folder (nnU-Net raw layout)")
     parser.add_argument("-o", "--output", help="folder for the scores")
     parser.add_argument(

@@ -20,6 +20,7 @@ from penn.cli import one_line_errors, require_options
 from penn.inference.predictor import segment_folder
 from penn.reports.run_files import metrics_table, write_metrics
 from penn.scoring import score
+from penn.weights import model_file
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def resolve_classes(cfg: DictConfig, meta: dict) -> list[list[int]]:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Segments and scores every case of ``cfg.data.root``; writes ``metrics.json``."""
-    net, meta = load_model(cfg.ckpt)
+    net, meta = load_model(model_file(cfg.ckpt))
     inference = dict(meta["inference"])
     inference.update(
         {k: v for k, v in OmegaConf.to_container(cfg.inference).items() if v is not None}

@@ -31,7 +31,7 @@ from penn.io.volume import DataError
 from penn.reports.clinical import csv_bytes, report_row
 from penn.reports.mesh import FORMATS
 from penn.reports.scan_outputs import build_report, segment_volume, write_scan
-from penn.weights import shipped_model
+from penn.weights import model_file
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     check_settings(settings)
     scans = list_scans(settings["input"])
     out = check_output(settings["input"], settings["output"])
-    if settings["ckpt"] is None:
-        settings["ckpt"] = str(shipped_model())
+    settings["ckpt"] = model_file(settings["ckpt"])
     net, meta = load_model(settings["ckpt"])
     data = meta["data"]
     inference = dict(meta["inference"])
