@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -92,6 +93,40 @@ def results_table(reports: list[dict], class_names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def load_bodies_model(settings: dict, class_names: list[str], device: torch.device):
+    """``(net, meta, path)`` of ``report.bodies_model``, or None where it is not used.
+
+    It numbers the vertebral bodies of a model with a tumour class (a separate vertebra model
+    keeps neighbouring bodies apart where a lesion model's vertebra class joins them), unless
+    a ``vertebrae=`` mask is given.
+
+    Raises:
+        PredictError: the bodies model has no vertebra class.
+    """
+    report = settings["report"]
+    name = report["bodies_model"]
+    if not name or settings["vertebrae"] or report["tumor_class"] not in class_names:
+        return None
+    path = model_file(name)
+    net, meta = load_model(path)
+    if report["vertebra_class"] not in meta["data"]["class_names"]:
+        raise PredictError(
+            f"report.bodies_model={name}: {path} has no {report['vertebra_class']!r} class "
+            f"(its classes: {meta['data']['class_names']})"
+        )
+    return net.to(device), meta, Path(path)
+
+
+def model_bodies(bodies_model, volume, vertebra_class: str, device) -> tuple[np.ndarray, str]:
+    """(vertebral-body mask, source) of one scan segmented by the bodies model."""
+    net, meta, path = bodies_model
+    _, labels, _ = segment_volume(
+        net, volume, meta["data"], dict(meta["inference"]), device, meta["model"]
+    )
+    index = meta["data"]["class_names"].index(vertebra_class) + 1
+    return labels == index, f"model {path.name} class {vertebra_class!r}"
+
+
 def predict(cfg: DictConfig) -> list[dict]:
     """Segments every scan of ``cfg.input`` into ``cfg.output``; returns the reports.
 
@@ -111,6 +146,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     inference.update({k: v for k, v in settings["inference"].items() if v is not None})
     device = resolve_device(settings["device"])
     net = net.to(device)
+    bodies_model = load_bodies_model(settings, data["class_names"], device)
     reports, failures = [], []
     quiet = not settings["progress"] or len(scans) < 2
     bar = tqdm(scans, desc="predict", unit="scan", disable=quiet)
@@ -120,13 +156,16 @@ def predict(cfg: DictConfig) -> list[dict]:
                 volume = read_scan(scan, settings["labels"])
                 vertebrae = None
                 if settings["vertebrae"]:
-                    vertebrae = read_mask(settings["vertebrae"], volume)
+                    vertebrae = read_mask(settings["vertebrae"], volume), "vertebrae mask"
             except DataError as err:  # the batch goes on; failures are listed at the end
                 log.error("skipped %s: %s", scan.path, err)
                 failures.append(str(err))
                 continue
             one = settings["progress"] and len(scans) == 1  # a bar over its slices instead
             result = segment_volume(net, volume, data, inference, device, meta["model"], one)
+            if bodies_model is not None:
+                vertebra_class = settings["report"]["vertebra_class"]
+                vertebrae = model_bodies(bodies_model, volume, vertebra_class, device)
             truth = None if volume.labels is None else class_map(volume.labels, data["classes"])
             report = build_report(
                 scan, volume, result[1], data["class_names"], vertebrae, settings["report"]

@@ -120,9 +120,11 @@ def test_lesions_name_the_levels_they_touch_inferior_to_superior(models, tmp_pat
     image[3:7][:, second] = 1000.0
     # stored inferior-up (RPI): levels must still count from the world's inferior end
     nib.save(reoriented(image, "RPI"), tmp_path / "scan.nii.gz")
-    run_predict(models["multi"], tmp_path / "scan.nii.gz", tmp_path / "out", "overlays=0")
+    own = "report.bodies_model=null"  # the model's own vertebra and tumour classes
+    run_predict(models["multi"], tmp_path / "scan.nii.gz", tmp_path / "out", "overlays=0", own)
     report = json.loads((tmp_path / "out" / "scan" / "report.json").read_text())
     assert report["vertebrae"]["count"] == 3
+    assert report["vertebrae"]["source"] == "model class 'vertebra'"
     assert report["tumor"]["components"] == 2
     assert sorted(
         lesion["levels"] == ["VB2"] or lesion["levels"] == ["VB3"]
@@ -141,11 +143,34 @@ def test_lesions_name_the_levels_they_touch_inferior_to_superior(models, tmp_pat
     report = json.loads((tmp_path / "bin" / "scan" / "report.json").read_text())
     assert report["tumor"]["levels"] == ["VB2", "VB3"]
     assert report["vertebrae"]["source"] == "vertebrae mask"
-    run_predict(models["binary"], tmp_path / "scan.nii.gz", tmp_path / "none", "overlays=0")
+    run_predict(models["binary"], tmp_path / "scan.nii.gz", tmp_path / "none", "overlays=0", own)
     report = json.loads((tmp_path / "none" / "scan" / "report.json").read_text())
     assert report["tumor"]["levels"] is None
     assert "no 'vertebra' class" in report["tumor"]["levels_note"]
     assert report["tumor"]["components"] == 2
+    # or from another model's vertebra class, segmented as well
+    run_predict(
+        models["binary"],
+        tmp_path / "scan.nii.gz",
+        tmp_path / "other",
+        "overlays=0",
+        f"report.bodies_model={models['multi']}",
+    )
+    report = json.loads((tmp_path / "other" / "scan" / "report.json").read_text())
+    assert report["vertebrae"] == {
+        "source": "model multi.pt class 'vertebra'",
+        "count": 3,
+        "order": "VB1 most inferior",
+    }
+    assert report["tumor"]["levels"] == ["VB2", "VB3"]
+    with pytest.raises(PredictError, match="report.bodies_model=.*binary.pt has no 'vertebra'"):
+        run_predict(
+            models["multi"],
+            tmp_path / "scan.nii.gz",
+            tmp_path / "bad",
+            f"report.bodies_model={models['binary']}",
+        )
+    assert not (tmp_path / "bad").exists()  # refused before any scan was read
 
 
 def test_probabilities_and_overlays_with_truth(models, tmp_path):

@@ -51,5 +51,6 @@ class SegUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_outputs, H, W) of images (B, in_channels, H, W), any H, W."""
-        x, size = pad_to_multiple(x, _MULTIPLE)
+        # at least 2 x 2 pixels at the coarsest level: its instance norm needs more than one
+        x, size = pad_to_multiple(x, _MULTIPLE, minimum=2 * _MULTIPLE)
         return crop_to(self.unet(x), size)

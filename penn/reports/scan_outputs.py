@@ -86,19 +86,22 @@ def _levels(
     labels: np.ndarray,
     volume: Volume,
     class_names: list[str],
-    vertebrae: np.ndarray | None,
+    vertebrae: tuple[np.ndarray, str] | None,
     cfg: dict,
 ) -> tuple[np.ndarray | None, str]:
-    """Numbered vertebral bodies from the model's vertebra class or a given mask, and the source."""
+    """Numbered vertebral bodies from a given mask or the model's vertebra class, and the source.
+
+    ``vertebrae`` is (mask, source) when given (a mask file, or another model's vertebra class).
+    """
     name = cfg["vertebra_class"]
-    if name in class_names:
+    if vertebrae is not None:
+        mask, source = vertebrae
+    elif name in class_names:
         # a body with a lesion is still a body: count tumour voxels with it (as data.targets does)
         mask = labels == class_names.index(name) + 1
         if cfg["tumor_class"] in class_names:
             mask |= labels == class_names.index(cfg["tumor_class"]) + 1
         source = f"model class {name!r}"
-    elif vertebrae is not None:
-        mask, source = vertebrae, "vertebrae mask"
     else:
         return None, ""
     bodies, _ = vertebral_bodies(mask, volume.affine, cfg["connectivity"], cfg["min_body_voxels"])
@@ -110,15 +113,16 @@ def build_report(
     volume: Volume,
     labels: np.ndarray,
     class_names: list[str],
-    vertebrae: np.ndarray | None,
+    vertebrae: tuple[np.ndarray, str] | None,
     cfg: dict,
 ) -> dict:
     """The scan's report: class volumes, tumour lesions and the vertebral levels they touch.
 
     Args:
         labels: (X, Y, Z) canonical class map.
-        vertebrae: a vertebral-body mask on the same grid, used when the model has no vertebra
-            class; None when there is none.
+        vertebrae: (mask, source): a vertebral-body mask on the same grid that numbers the
+            bodies instead of the model's own vertebra class, and where it came from; None:
+            the model's vertebra class, if it has one.
         cfg: the ``report`` config (class names to look for, connectivity, minimum body size).
     """
     bodies, source = _levels(labels, volume, class_names, vertebrae, cfg)
@@ -132,8 +136,8 @@ def build_report(
         if bodies is None:
             tumor["levels_note"] = (
                 f"no vertebral levels: the model has no "
-                f"{cfg['vertebra_class']!r} class and no vertebrae= mask "
-                "was given"
+                f"{cfg['vertebra_class']!r} class, and neither a vertebrae= mask nor "
+                "report.bodies_model was given"
             )
         else:
             touched = {lv for lesion in lesions for lv in lesion["levels"]}

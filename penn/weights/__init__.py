@@ -21,8 +21,8 @@ SHIPPED = {
     ),
     "lesion": (
         "lumbar_lesion.pt",
-        "vertebral bodies and metastasis-like lesions in them (trained on simulated lesions) on "
-        "sagittal lumbar MRI (T1, T2, TIRM); python -m penn.run +experiment=shipped_lesion",
+        "vertebral bodies and metastasis-like lesions in them on sagittal lumbar T2 MRI "
+        "(trained on simulated lesions); python -m penn.run +experiment=shipped_lesion",
     ),
 }
 #: the model ``penn predict`` uses without ``ckpt=``

@@ -34,6 +34,13 @@ def test_pad_then_crop_restores_the_slice(size):
     assert torch.equal(crop_to(padded, original), x)
 
 
+def test_pad_to_a_minimum_size():
+    x = torch.rand(1, 1, 4, 40)
+    padded, original = pad_to_multiple(x, 16, minimum=32)
+    assert padded.shape[-2:] == (32, 48) and original == (4, 40)
+    assert torch.equal(crop_to(padded, original), x)
+
+
 @pytest.mark.parametrize("make", [small_unet, small_multiresunet])
 @pytest.mark.parametrize("size", [(16, 16), (45, 37), (17, 33)])
 def test_pixel_nets_keep_the_input_size(make, size):

@@ -52,6 +52,10 @@ def test_seg_unet_keeps_any_slice_size_and_each_slice_of_a_batch_is_its_own():
     with torch.no_grad():
         pair = net(torch.cat([x, torch.rand(1, 1, 50, 37)]))
     assert torch.allclose(pair[:1], out, atol=1e-5)
+    # a slice of 16 px or less still has 2 x 2 pixels at the coarsest level (1 x 1 would leave
+    # its instance norm one pixel, an error)
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 4, 12)).shape == (1, 2, 4, 12)
 
 
 def _slice_cfg(overrides: list[str], data_dir, out):

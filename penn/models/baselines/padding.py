@@ -8,18 +8,23 @@ import torch.nn.functional as F
 __all__ = ["crop_to", "pad_to_multiple"]
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+def pad_to_multiple(
+    x: torch.Tensor, multiple: int, minimum: int = 0
+) -> tuple[torch.Tensor, tuple[int, int]]:
     """Reflect-pad the bottom and right edges so H and W are multiples of ``multiple``.
 
     Args:
         x: (B, C, H, W) images.
         multiple: 2**(number of poolings), e.g. 16 for four.
+        minimum: least padded H and W (a multiple of ``multiple``), e.g. so that instance
+            normalisation at the coarsest level sees more than one pixel.
 
     Returns:
         The padded (B, C, H', W') batch and the original (H, W) for :func:`crop_to`.
     """
     height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
+    pad_h = max(-height % multiple, minimum - height)
+    pad_w = max(-width % multiple, minimum - width)
     if pad_h or pad_w:
         # reflect needs pad < size; tiny inputs (< multiple / 2) fall back to replicate
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
