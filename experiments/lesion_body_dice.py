@@ -33,8 +33,6 @@ from penn.run import make_datamodule
 from penn.synth.lesion_dataset import lesion_dataset
 from penn.synth.lesions import LesionSpec
 
-log = logging.getLogger("lesion_body_dice")
-
 
 def body_dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two body masks (penn.metrics' counts; NaN when both are empty)."""
@@ -48,7 +46,7 @@ def extent_of(truth: np.ndarray) -> tuple[slice, ...]:
     return tuple(region)
 
 
-def test_scores(run: Path, cfg) -> dict[str, float]:
+def split_scores(run: Path, cfg) -> dict[str, float]:
     """Body Dice of each test scan's written mask against the run's own test labels."""
     dm = make_datamodule(cfg)
     dm.setup("fit")
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for run in args.runs:
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-        result = {"test": test_scores(run, cfg)} | {
+        result = {"test": split_scores(run, cfg)} | {
             f"external/{scope}": per_case for scope, per_case in external_scores(run, cfg).items()
         }
         means = {key: float(np.mean(list(per_case.values()))) for key, per_case in result.items()}
