@@ -22,13 +22,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from penn.checkpoint import load_model
-from penn.inference.predictor import segment_folder
 from penn.io.files import write_json
 from penn.io.nifti import read_volume
 from penn.metrics import confusion_counts, metrics_from_counts
-from penn.postprocess import decide, postprocess
-from penn.preprocess import from_slices
-from penn.reports.external import AXIAL_AXIS, labelled_extent
+from penn.reports.external import AXIAL_AXIS, labelled_extent, segmented_cases
 from penn.run import make_datamodule
 from penn.synth.lesion_dataset import lesion_dataset
 from penn.synth.lesions import LesionSpec
@@ -71,15 +68,9 @@ def external_scores(run: Path, cfg) -> dict[str, dict[str, float]]:
         int(lesions["seed"]),
     )
     net, meta = load_model(run / "model.pt")
-    inference = meta["inference"]
-    folder = segment_folder(net, meta, root, inference, progress=True)
     scores = {"whole": {}, "extent": {}}
-    for volume, pred in zip(folder.volumes, folder.predictions, strict=True):
-        decided = postprocess(
-            decide(pred.probs, inference["threshold"]), **inference["postprocess"]
-        )
-        mask = from_slices(decided, meta["data"]["plane"]) > 0
-        truth = volume.labels > 0
+    for volume, labels in segmented_cases(net, meta, root):
+        mask, truth = labels > 0, volume.labels > 0
         region = extent_of(truth)
         scores["whole"][volume.name] = body_dice(mask, truth)
         scores["extent"][volume.name] = body_dice(mask[region], truth[region])

@@ -45,14 +45,15 @@ def test_an_unknown_shipped_name_lists_the_shipped_ones():
         shipped_model("no-such-model")
 
 
-def test_predict_without_a_model_file_segments_with_the_shipped_model(tmp_path):
-    """A T2-like phantom at 1 x 0.8 x 0.8 mm: the mask has the scan's grid, the label value of
-    vertebra (1) only, and covers the phantom's vertebral bodies better than chance."""
-    from tests.predict_helpers import run_predict_shipped
+SPACING = (1.0, 0.8, 0.8)  # mm, the T2-like phantom's voxels
 
+
+def t2_phantom(n_slices: int) -> tuple[np.ndarray, np.ndarray]:
+    """A T2-like phantom of four bodies and no tumour, sagittal slices of 200 x 240 at
+    1 x 0.8 x 0.8 mm: (image, labels)."""
     spec = PhantomSpec(
-        shape=(6, 200, 240),
-        spacing=(1.0, 0.8, 0.8),
+        shape=(n_slices, 200, 240),
+        spacing=SPACING,
         n_vertebrae=4,
         tumor_probability=0.0,
         max_tumors=0,
@@ -62,7 +63,15 @@ def test_predict_without_a_model_file_segments_with_the_shipped_model(tmp_path):
         bias_strength=0.2,
         sequence="t2",
     )
-    image, labels = generate_volume(spec, np.random.default_rng(3))
+    return generate_volume(spec, np.random.default_rng(3))
+
+
+def test_predict_without_a_model_file_segments_with_the_shipped_model(tmp_path):
+    """A T2-like phantom at 1 x 0.8 x 0.8 mm: the mask has the scan's grid, the label value of
+    vertebra (1) only, and covers the phantom's vertebral bodies better than chance."""
+    from tests.predict_helpers import run_predict_shipped
+
+    image, labels = t2_phantom(6)
     affine = np.diag([1.0, 0.8, 0.8, 1.0])
     scan = save_nifti(tmp_path / "scan.nii.gz", image.astype(np.float32), affine)
     reports = run_predict_shipped(scan, tmp_path / "out", "overlays=0", "mesh.enabled=false")
@@ -94,23 +103,11 @@ def test_the_shipped_lesion_model_segments_vertebrae_and_lesions(tmp_path):
 
     lesions = OmegaConf.to_container(lesion_cfg([]).data.lesions, resolve=True)
     two = replace(LesionSpec.from_config(lesions), none_probability=0.0, count=(2, 2))
-    spec = PhantomSpec(
-        shape=(8, 200, 240),
-        spacing=(1.0, 0.8, 0.8),
-        n_vertebrae=4,
-        tumor_probability=0.0,
-        max_tumors=0,
-        tumor_radius_px=(10.0, 12.0),
-        tumor_contrast=(1.5, 2.0),
-        noise_sigma=0.03,
-        bias_strength=0.2,
-        sequence="t2",
-    )
-    image, labels = generate_volume(spec, np.random.default_rng(3))
+    image, labels = t2_phantom(8)
     image, labels, _ = implant_lesions(
         image.astype(np.float32),
         labels.astype(np.uint8),
-        spec.spacing,
+        SPACING,
         replace(two, radius_mm=(6.0, 8.0)),
         lesion_rng(1, "phantom"),
     )

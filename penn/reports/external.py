@@ -37,7 +37,7 @@ from penn.metrics import (
 from penn.postprocess import decide, postprocess
 from penn.preprocess import from_slices
 
-__all__ = ["AXIAL_AXIS", "evaluate_external", "labelled_extent", "score_volume"]
+__all__ = ["AXIAL_AXIS", "evaluate_external", "labelled_extent", "score_volume", "segmented_cases"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,18 @@ def _row(name: str, scope: str, counts: np.ndarray, surface: dict[str, float]) -
     return {"case": name, "scope": scope} | {m: values[m] for m in METRICS} | surface
 
 
+def segmented_cases(net, meta: dict, root: str | Path, progress: bool = True):
+    """Yields (volume, mask) for every labelled case of ``root``: the (X, Y, Z) class map of
+    the model's calibrated decision and post-processing, in canonical orientation."""
+    inference = meta["inference"]
+    folder = segment_folder(net, meta, Path(root), inference, progress=progress)
+    for volume, pred in zip(folder.volumes, folder.predictions, strict=True):
+        decided = postprocess(
+            decide(pred.probs, inference["threshold"]), **inference["postprocess"]
+        )
+        yield volume, from_slices(decided, meta["data"]["plane"])
+
+
 def evaluate_external(
     model_path: str | Path, root: str | Path, progress: bool = True
 ) -> tuple[dict[str, float], list[dict]]:
@@ -126,16 +138,11 @@ def evaluate_external(
     net, meta = load_model(model_path)
     inference, classes = meta["inference"], meta["data"]["classes"]
     class_names, n_classes = meta["data"]["class_names"], len(classes) + 1
-    folder = segment_folder(net, meta, Path(root), inference, progress=progress)
     per_scope = {"whole": ([], []), "extent": ([], [])}
     rows, lesions = [], []
     detection = inference.get("lesion_detection")
     lesion_index = lesion_class(class_names, detection)
-    for volume, pred in zip(folder.volumes, folder.predictions, strict=True):
-        decided = postprocess(
-            decide(pred.probs, inference["threshold"]), **inference["postprocess"]
-        )
-        mask = from_slices(decided, meta["data"]["plane"])
+    for volume, mask in segmented_cases(net, meta, root, progress):
         truth = class_map(volume.labels, classes)
         labelled = volume.labels > 0  # every label, scored or not, bounds the extent
         scores = score_volume(mask, truth, n_classes, volume.spacing, labelled)
@@ -160,6 +167,6 @@ def evaluate_external(
         root,
         metrics["external/extent/pixel/dice"],
         metrics["external/whole/pixel/dice"],
-        len(folder.volumes),
+        len(rows) // len(per_scope),
     )
     return metrics, rows

@@ -1,4 +1,3 @@
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -6,6 +5,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from penn.lit.finetune import FinetuneModule
 from penn.lit.pretrain import PretrainModule
 from penn.models.sparse_ae import StackedSparseAutoencoder
+from tests.lit.trainers import bare_trainer
 
 
 def loader(n=64):
@@ -16,14 +16,7 @@ def loader(n=64):
 
 
 def fit(module, epochs=2):
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = bare_trainer(epochs)
     trainer.fit(module, train_dataloaders=loader())
 
 
@@ -102,14 +95,7 @@ def grouped_fit(make_module, batch_size, steps_per_batch):
     before = snapshot(net)
     module = make_module(net, steps_per_batch)
     data = loader().dataset
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = bare_trainer(2)
     trainer.fit(module, train_dataloaders=DataLoader(data, batch_size=batch_size))
     loss = {k: v for k, v in trainer.callback_metrics.items() if k.endswith("loss")}
     return before, snapshot(net), trainer.global_step, loss
@@ -202,14 +188,7 @@ def test_the_scheduler_steps_once_per_epoch_with_single_and_grouped_steps(steps_
     torch.manual_seed(0)
     net = StackedSparseAutoencoder(patch_size=8, n_layers=2, n_nodes=6, n_outputs=1)
     module = finetune_module_scheduled(net, steps_per_batch)
-    trainer = L.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = bare_trainer(3)
     data = DataLoader(loader().dataset, batch_size=16 * steps_per_batch)
     trainer.fit(module, train_dataloaders=data)
     (optimizer,) = trainer.optimizers

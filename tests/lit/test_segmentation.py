@@ -1,6 +1,5 @@
 import functools
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -8,6 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from penn.lit.segmentation import SegmentationModule, segmentation_loss, soft_dice_loss
 from penn.models.baselines.dtvnet import DTVNet
 from penn.models.baselines.unet import UNet
+from tests.lit.trainers import bare_trainer
 
 
 def square_masks() -> torch.Tensor:
@@ -65,15 +65,7 @@ def test_unet_trains_and_logs_pixel_metrics(tmp_path):
     module = SegmentationModule(
         net, 2, functools.partial(torch.optim.AdamW, lr=1e-2), dice_weight=1.0, contour_weight=0.0
     )
-    trainer = L.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = bare_trainer(3, default_root_dir=tmp_path)
     with torch.no_grad():
         first = segmentation_loss(net.eval()(images), masks, 1.0).item()
     net.train()
@@ -118,15 +110,7 @@ def test_class_weights_from_the_config_keep_checkpoints_weights_only(tmp_path):
         class_weights=weights,
     )
     images, masks = torch.rand(2, 1, 16, 16), torch.randint(0, 3, (2, 16, 16))
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = bare_trainer(1, default_root_dir=tmp_path)
     trainer.fit(module, DataLoader(TensorDataset(images, masks), batch_size=2))
     trainer.save_checkpoint(tmp_path / "best.ckpt")
     blob = torch.load(tmp_path / "best.ckpt", map_location="cpu", weights_only=True)

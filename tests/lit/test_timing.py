@@ -10,6 +10,7 @@ import torch
 
 from penn.lit.timing import EpochTimer
 from tests.conftest import CONF
+from tests.lit.trainers import bare_trainer
 
 LOG = """\
 [2026-11-26 10:00:00,000][penn.data.datamodule][INFO] - split by volume: 11 train, 2 val, 4 test
@@ -52,16 +53,7 @@ class Tiny(L.LightningModule):
 def test_epoch_timer_logs_each_epoch_with_its_sample_count(tmp_path, caplog):
     data = torch.utils.data.TensorDataset(torch.rand(40, 4), torch.zeros(40))
     loader = torch.utils.data.DataLoader(data, batch_size=8)  # 5 batches, 40 samples
-    trainer = L.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[EpochTimer()],
-        default_root_dir=tmp_path,
-    )
+    trainer = bare_trainer(3, callbacks=[EpochTimer()], default_root_dir=tmp_path)
     with caplog.at_level("INFO", logger="penn.lit.timing"):
         trainer.fit(Tiny(), loader)
     lines = [r.getMessage() for r in caplog.records if r.name == "penn.lit.timing"]
